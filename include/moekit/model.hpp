@@ -1,0 +1,64 @@
+#pragma once
+/// @file model.hpp
+/// A mixture of experts p(y | x) = Σ_k g_k(z) p_k(y | x) as a plain value, and the operations
+/// that apply it: the E-step, the log-likelihood and predictions.
+
+#include "moekit/experts.hpp"
+#include "moekit/gates.hpp"
+
+#include <string>
+#include <vector>
+
+namespace moekit {
+
+/// A fitted (or initial) mixture of experts. Copyable value; no hidden caches.
+struct Model {
+    Gate gate;
+    Experts experts;
+    std::vector<std::string> target_names;     ///< q names of y
+    std::vector<std::string> input_names;      ///< d names of x (empty for Gaussian experts)
+    std::vector<std::string> gate_input_names; ///< g names of z (empty for a constant gate)
+
+    Index n_experts() const { return experts.n_experts(); }
+};
+
+/// log g_k(z_i) + log p_k(y_i | x_i): n×K.
+Matrix log_joint(const Model& model, const Dataset& data);
+
+/// Responsibilities h_ik = p(expert k | x_i, y_i) in log space.
+struct Responsibilities {
+    Matrix log_resp; ///< n×K, each row log-sum-exps to 0
+    Vector log_norm; ///< n, log p(y_i | x_i)
+};
+
+/// E-step: normalises log_joint row by row with the one log-sum-exp.
+Responsibilities e_step(const Model& model, const Dataset& data);
+
+/// Σ_i w_i log p(y_i | x_i) (weighted log-likelihood).
+double log_likelihood(const Model& model, const Dataset& data);
+
+/// log p(y_i | x_i) per sample (unweighted), n values.
+Vector log_likelihood_samples(const Model& model, const Dataset& data);
+
+/// n×K gate probabilities g_k(z_i).
+Matrix gate_probabilities(const Model& model, const Dataset& data);
+
+/// E[y | x] = Σ_k g_k(z) x̃ W_k: n×q.
+Matrix predict_mean(const Model& model, const Dataset& data);
+
+/// Most probable expert under the gate, argmax_k g_k(z_i): n indices.
+Eigen::VectorXi predict_expert(const Model& model, const Dataset& data);
+
+/// Free parameters: gate plus experts.
+Index n_parameters(const Model& model);
+
+/// Checks a model is internally consistent: shapes agree, values finite, covariances SPD and
+/// factors consistent, gate weights non-negative summing to 1, names match dimensions.
+/// @throws InvalidArgument naming `function`.
+void validate(const Model& model, const char* function);
+
+/// Checks `data` has the columns `model` needs (inputs, gate inputs; targets when
+/// `need_targets`), by count. @throws InvalidArgument.
+void check_compatible(const Model& model, const Dataset& data, bool need_targets, const char* function);
+
+} // namespace moekit
