@@ -1,0 +1,1102 @@
+/// @file model_io.cpp
+/// Writer and validating parser of the model file (docs/file_formats.md).
+
+#include "moekit/model_io.hpp"
+
+#include "moekit/csv.hpp"
+#include "moekit/errors.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iostream>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moekit {
+
+namespace {
+
+/// Objects keep their keys in insertion order, so files list keys in the documented order.
+using Json = nlohmann::ordered_json;
+
+constexpr const char* format_name = "moekit-model";
+constexpr const char* intercept_name = "(intercept)";
+/// Relative tolerance of the symmetry check on loaded covariances.
+constexpr double symmetry_tolerance = 1e-12;
+/// Tolerance on |Σ_k π_k − 1| for constant-gate weights.
+constexpr double weight_sum_tolerance = 1e-9;
+/// String arrays longer than this (as one line) are written one element per line.
+constexpr std::size_t max_inline_width = 100;
+
+// ---------------------------------------------------------------------------------------------
+// Shared checks (writer and reader)
+// ---------------------------------------------------------------------------------------------
+
+/// A structural problem of a covariance matrix: "<matrix> is <value>, but <requirement>".
+struct StructureProblem {
+    std::string value;
+    std::string requirement;
+};
+
+std::string entry_text(Index i, Index j) {
+    return "[" + std::to_string(i) + "][" + std::to_string(j) + "]";
+}
+
+/// Symmetry with relative tolerance: |s_ij − s_ji| <= 1e-12 · max(|s_ij|, |s_ji|, √|s_ii s_jj|).
+std::optional<StructureProblem> symmetry_problem(const Matrix& s) {
+    for (Index i = 0; i < s.rows(); ++i) {
+        for (Index j = 0; j < i; ++j) {
+            const double a = s(i, j);
+            const double b = s(j, i);
+            const double scale =
+                std::max({std::abs(a),
+                          std::abs(b),
+                          std::sqrt(std::abs(s(i, i))) * std::sqrt(std::abs(s(j, j)))});
+            if (std::abs(a - b) > symmetry_tolerance * scale) {
+                return StructureProblem{"not symmetric (entry " + entry_text(j, i) + " is " +
+                                            format_number(b) + " but " + entry_text(i, j) + " is " +
+                                            format_number(a) + ")",
+                                        "a covariance must be symmetric positive definite"};
+            }
+        }
+    }
+    return std::nullopt;
+}
+
+/// Diag and spherical covariances must be exactly diagonal; spherical ones must also have equal
+/// diagonal entries.
+std::optional<StructureProblem> type_problem(CovarianceType type, const Matrix& s) {
+    if (type != CovarianceType::Diag && type != CovarianceType::Spherical) return std::nullopt;
+    const std::string type_text(to_string(type));
+    for (Index j = 0; j < s.cols(); ++j) {
+        for (Index i = 0; i < s.rows(); ++i) {
+            if (i != j && s(i, j) != 0.0) {
+                return StructureProblem{"a matrix with off-diagonal entry " + entry_text(i, j) +
+                                            " = " + format_number(s(i, j)),
+                                        "covariance '" + type_text +
+                                            "' requires a diagonal matrix"};
+            }
+        }
+    }
+    if (type == CovarianceType::Spherical) {
+        for (Index i = 1; i < s.rows(); ++i) {
+            if (s(i, i) != s(0, 0)) {
+                return StructureProblem{"a matrix with unequal diagonal entries (" +
+                                            format_number(s(0, 0)) + " and " +
+                                            format_number(s(i, i)) + ")",
+                                        "covariance 'spherical' requires sigma^2 times the "
+                                        "identity"};
+            }
+        }
+    }
+    return std::nullopt;
+}
+
+std::string quoted(std::string_view text) {
+    return "'" + std::string(text) + "'";
+}
+
+/// "'a', 'b' or 'c'" from the canonical spellings of enum values.
+template <class Enum> std::string alternatives(std::initializer_list<Enum> values) {
+    std::string text;
+    std::size_t i = 0;
+    for (Enum value : values) {
+        if (i > 0) text += (i + 1 == values.size()) ? " or " : ", ";
+        text += quoted(to_string(value));
+        ++i;
+    }
+    return text;
+}
+
+constexpr std::initializer_list<ExpertKind> expert_kinds = {ExpertKind::Gaussian,
+                                                            ExpertKind::Linear};
+constexpr std::initializer_list<GateKind> gate_kinds = {GateKind::Constant, GateKind::Softmax};
+constexpr std::initializer_list<CovarianceType> covariance_types = {
+    CovarianceType::Full, CovarianceType::Tied, CovarianceType::Diag, CovarianceType::Spherical};
+constexpr std::initializer_list<InitMethod> init_methods = {InitMethod::Auto,
+                                                            InitMethod::KMeansPlusPlus,
+                                                            InitMethod::Random,
+                                                            InitMethod::RandomLines,
+                                                            InitMethod::Model};
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------------------------
+
+constexpr const char* writer = "model_to_json";
+
+void check_finite_for_writing(double value, const std::string& argument) {
+    if (!std::isfinite(value)) {
+        throw_invalid_argument(
+            writer, argument, format_number(value), "every number in a model file must be finite");
+    }
+}
+
+Json names_json(const std::vector<std::string>& names) {
+    Json array = Json::array();
+    for (const auto& name : names)
+        array.push_back(name);
+    return array;
+}
+
+Json coefficient_names_json(const std::vector<std::string>& names) {
+    Json array = Json::array();
+    array.push_back(intercept_name);
+    for (const auto& name : names)
+        array.push_back(name);
+    return array;
+}
+
+Json vector_json(const ConstVectorRef& values) {
+    Json array = Json::array();
+    for (Index i = 0; i < values.size(); ++i)
+        array.push_back(values(i));
+    return array;
+}
+
+Json doubles_json(const std::vector<double>& values) {
+    Json array = Json::array();
+    for (double value : values)
+        array.push_back(value);
+    return array;
+}
+
+/// A matrix as an array of its rows.
+Json matrix_json(const Matrix& m) {
+    Json rows = Json::array();
+    for (Index i = 0; i < m.rows(); ++i) {
+        Json row = Json::array();
+        for (Index j = 0; j < m.cols(); ++j)
+            row.push_back(m(i, j));
+        rows.push_back(std::move(row));
+    }
+    return rows;
+}
+
+void check_structure_for_writing(const Model& model) {
+    const Experts& experts = model.experts;
+    for (Index k = 0; k < experts.n_experts(); ++k) {
+        const Matrix& s = experts.covariances[static_cast<std::size_t>(k)].covariance;
+        const std::string argument =
+            "model.experts.covariances[" + std::to_string(k) + "].covariance";
+        auto problem = symmetry_problem(s);
+        if (!problem) problem = type_problem(experts.covariance_type, s);
+        if (problem) throw_invalid_argument(writer, argument, problem->value, problem->requirement);
+        if (experts.covariance_type == CovarianceType::Tied && k > 0 &&
+            s != experts.covariances[0].covariance) {
+            throw_invalid_argument(writer,
+                                   argument,
+                                   "different from model.experts.covariances[0].covariance",
+                                   "covariance 'tied' requires all experts to share one matrix");
+        }
+    }
+}
+
+Json fit_json(const Model& model, const FitRecord& fit) {
+    check_finite_for_writing(fit.log_likelihood, "fit->log_likelihood");
+    check_finite_for_writing(fit.n_samples, "fit->n_samples");
+    check_finite_for_writing(fit.aic, "fit->aic");
+    check_finite_for_writing(fit.bic, "fit->bic");
+    for (std::size_t i = 0; i < fit.trace.size(); ++i) {
+        check_finite_for_writing(fit.trace[i], "fit->trace[" + std::to_string(i) + "]");
+    }
+    const FitOptions& options = fit.options;
+    validate(options, writer);
+    if (options.expert != model.experts.kind) {
+        throw_invalid_argument(writer,
+                               "fit->options.expert",
+                               quoted(to_string(options.expert)),
+                               "it must equal the model's expert kind " +
+                                   quoted(to_string(model.experts.kind)));
+    }
+    if (options.gate != gate_kind(model.gate)) {
+        throw_invalid_argument(writer,
+                               "fit->options.gate",
+                               quoted(to_string(options.gate)),
+                               "it must equal the model's gate kind " +
+                                   quoted(to_string(gate_kind(model.gate))));
+    }
+    if (options.covariance != model.experts.covariance_type) {
+        throw_invalid_argument(writer,
+                               "fit->options.covariance",
+                               quoted(to_string(options.covariance)),
+                               "it must equal the model's covariance type " +
+                                   quoted(to_string(model.experts.covariance_type)));
+    }
+    if (options.n_experts != model.n_experts()) {
+        throw_invalid_argument(writer,
+                               "fit->options.n_experts",
+                               std::to_string(options.n_experts),
+                               "it must equal the model's number of experts " +
+                                   std::to_string(model.n_experts()));
+    }
+
+    Json opts = Json::object();
+    opts["expert"] = to_string(options.expert);
+    opts["gate"] = to_string(options.gate);
+    opts["covariance"] = to_string(options.covariance);
+    opts["n_experts"] = static_cast<std::int64_t>(options.n_experts);
+    opts["max_iter"] = options.max_iter;
+    opts["tol"] = options.tol;
+    opts["restarts"] = options.restarts;
+    opts["seed"] = options.seed;
+    opts["init"] = to_string(options.init);
+    opts["kmeans_iter"] = options.kmeans_iter;
+    opts["reg_covar"] = options.regularization.reg_covar;
+    opts["min_expert_size"] = options.regularization.min_expert_size;
+    opts["gate_l2"] = options.gate_options.gate_l2;
+    opts["newton_steps"] = options.gate_options.newton_steps;
+
+    Json out = Json::object();
+    out["log_likelihood"] = fit.log_likelihood;
+    out["n_parameters"] = static_cast<std::int64_t>(fit.n_parameters);
+    out["n_samples"] = fit.n_samples;
+    out["aic"] = fit.aic;
+    out["bic"] = fit.bic;
+    out["iterations"] = fit.iterations;
+    out["converged"] = fit.converged;
+    out["trace"] = doubles_json(fit.trace);
+    out["seed"] = fit.seed;
+    out["best_restart"] = fit.best_restart;
+    // A start that failed has a non-finite log-likelihood: written as null.
+    Json restarts = Json::array();
+    for (double value : fit.restart_log_likelihoods) {
+        if (std::isfinite(value)) {
+            restarts.push_back(value);
+        } else {
+            restarts.push_back(nullptr);
+        }
+    }
+    out["restart_log_likelihoods"] = std::move(restarts);
+    out["warnings"] = names_json(fit.warnings);
+    out["options"] = std::move(opts);
+    return out;
+}
+
+bool is_scalar(const Json& value) {
+    return !value.is_object() && !value.is_array();
+}
+
+/// Scalars in nlohmann's form: numbers in their shortest round-trip representation, strings
+/// escaped (invalid UTF-8 throws type_error 316).
+std::string scalar_text(const Json& value) {
+    return value.dump();
+}
+
+/// Pretty printer: objects one key per line; arrays of numbers (matrix rows, traces) on one line;
+/// arrays of strings on one line when short; everything else one element per line.
+void write_pretty(const Json& value, int indent, std::string& out) {
+    const std::string inner(static_cast<std::size_t>(indent + 2), ' ');
+    const std::string outer(static_cast<std::size_t>(indent), ' ');
+    if (value.is_object()) {
+        if (value.empty()) {
+            out += "{}";
+            return;
+        }
+        out += "{\n";
+        std::size_t i = 0;
+        for (const auto& item : value.items()) {
+            out += inner;
+            out += scalar_text(Json(item.key()));
+            out += ": ";
+            write_pretty(item.value(), indent + 2, out);
+            out += (++i < value.size()) ? ",\n" : "\n";
+        }
+        out += outer + "}";
+        return;
+    }
+    if (value.is_array()) {
+        if (value.empty()) {
+            out += "[]";
+            return;
+        }
+        const bool scalars = std::all_of(value.begin(), value.end(), is_scalar);
+        if (scalars) {
+            std::string line = "[";
+            bool has_string = false;
+            for (std::size_t i = 0; i < value.size(); ++i) {
+                if (i > 0) line += ", ";
+                line += scalar_text(value[i]);
+                has_string = has_string || value[i].is_string();
+            }
+            line += "]";
+            if (!has_string || line.size() + static_cast<std::size_t>(indent) <= max_inline_width) {
+                out += line;
+                return;
+            }
+        }
+        out += "[\n";
+        for (std::size_t i = 0; i < value.size(); ++i) {
+            out += inner;
+            write_pretty(value[i], indent + 2, out);
+            out += (i + 1 < value.size()) ? ",\n" : "\n";
+        }
+        out += outer + "]";
+        return;
+    }
+    out += scalar_text(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+// ---------------------------------------------------------------------------------------------
+
+std::string join(const std::string& parent, std::string_view key) {
+    return parent.empty() ? std::string(key) : parent + "." + std::string(key);
+}
+
+std::string indexed(const std::string& parent, std::size_t i) {
+    return parent + "[" + std::to_string(i) + "]";
+}
+
+/// Text quoted in a message: at most 40 characters, control characters shown as '?'.
+std::string shorten(std::string text) {
+    if (text.size() > 40) text = text.substr(0, 40) + "...";
+    for (char& c : text) {
+        if ((c >= 0 && c < 32) || c == 127) c = '?';
+    }
+    return text;
+}
+
+/// Short description of a JSON value for messages: "the string 'abc'", "null", "an array".
+std::string describe(const Json& value) {
+    switch (value.type()) {
+    case Json::value_t::null:
+        return "null";
+    case Json::value_t::boolean:
+        return value.get<bool>() ? "the boolean true" : "the boolean false";
+    case Json::value_t::string:
+        return "the string '" + shorten(value.get<std::string>()) + "'";
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float:
+        return "the number " + value.dump();
+    case Json::value_t::object:
+        return "an object";
+    case Json::value_t::array:
+        return "an array";
+    default:
+        return value.type_name();
+    }
+}
+
+/// Rejects duplicate keys during parsing (nlohmann would silently keep the last one); tracks the
+/// key path so the message can name it.
+class DuplicateKeyCheck {
+  public:
+    explicit DuplicateKeyCheck(const std::string& source) : source_(&source) {}
+
+    bool operator()(int /*depth*/, nlohmann::detail::parse_event_t event, Json& parsed) {
+        using Event = nlohmann::detail::parse_event_t;
+        switch (event) {
+        case Event::object_start:
+        case Event::array_start:
+            frames_.push_back(Frame{event == Event::array_start, 0, {}, {}});
+            break;
+        case Event::object_end:
+        case Event::array_end:
+            frames_.pop_back();
+            element_done();
+            break;
+        case Event::key: {
+            Frame& top = frames_.back();
+            top.key = parsed.get<std::string>();
+            if (!top.keys.insert(top.key).second) {
+                throw DataError(*source_ + ": duplicate key '" + path() + "'");
+            }
+            break;
+        }
+        case Event::value:
+            element_done();
+            break;
+        }
+        return true;
+    }
+
+  private:
+    struct Frame {
+        bool array = false;
+        std::size_t index = 0;
+        std::string key;
+        std::set<std::string> keys;
+    };
+
+    void element_done() {
+        if (!frames_.empty() && frames_.back().array) ++frames_.back().index;
+    }
+
+    std::string path() const {
+        std::string text;
+        for (const Frame& frame : frames_) {
+            text = frame.array ? indexed(text, frame.index) : join(text, frame.key);
+        }
+        return text;
+    }
+
+    const std::string* source_;
+    std::vector<Frame> frames_;
+};
+
+class Reader {
+  public:
+    explicit Reader(const std::string& source) : source_(source) {}
+
+    const std::string& source() const { return source_; }
+
+    [[noreturn]] void fail(const std::string& problem) const {
+        throw DataError(source_ + ": " + problem);
+    }
+
+    [[noreturn]] void fail_key(const std::string& path, const std::string& problem) const {
+        fail("key '" + path + "' " + problem);
+    }
+
+    [[noreturn]] void
+    fail_type(const std::string& path, const std::string& expected, const Json& value) const {
+        fail_key(path, "must be " + expected + ", but is " + describe(value));
+    }
+
+    Json parse(const std::string& text) const {
+        if (std::all_of(text.begin(), text.end(), [](char c) {
+                return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+            })) {
+            fail("malformed JSON: the file is empty");
+        }
+        try {
+            return Json::parse(text, DuplicateKeyCheck(source_));
+        } catch (const Json::parse_error& e) {
+            fail("malformed JSON at byte " + std::to_string(e.byte) + position(text, e.byte) +
+                 ": " + detail(e.what()));
+        } catch (const Json::exception& e) {
+            fail("malformed JSON: " + detail(e.what()));
+        }
+    }
+
+    /// The member `key` of `object` (whose path is `path`). @throws DataError if missing.
+    const Json& member(const Json& object, const std::string& path, std::string_view key) const {
+        auto it = object.find(key);
+        if (it == object.end()) fail("missing key '" + join(path, key) + "'");
+        return *it;
+    }
+
+    void only_keys(const Json& object,
+                   const std::string& path,
+                   std::initializer_list<std::string_view> allowed) const {
+        for (const auto& item : object.items()) {
+            if (std::find(allowed.begin(), allowed.end(), item.key()) == allowed.end()) {
+                fail("unknown key '" + join(path, item.key()) + "'");
+            }
+        }
+    }
+
+    const Json& object(const Json& value, const std::string& path) const {
+        if (!value.is_object()) fail_type(path, "an object", value);
+        return value;
+    }
+
+    const Json& array(const Json& value,
+                      const std::string& path,
+                      Index expected,
+                      const std::string& noun,
+                      const std::string& reason) const {
+        if (!value.is_array()) fail_type(path, "an array", value);
+        if (static_cast<Index>(value.size()) != expected) {
+            fail_key(path,
+                     "has " + std::to_string(value.size()) + " " + noun +
+                         (value.size() == 1 ? "" : "s") + ", but " + reason);
+        }
+        return value;
+    }
+
+    double number(const Json& value, const std::string& path) const {
+        if (!value.is_number()) fail_type(path, "a number", value);
+        const double x = value.get<double>();
+        if (!std::isfinite(x)) fail_key(path, "is not finite");
+        return x;
+    }
+
+    double non_negative(const Json& value, const std::string& path) const {
+        const double x = number(value, path);
+        if (x < 0.0) fail_key(path, "is negative (" + format_number(x) + ")");
+        return x;
+    }
+
+    std::int64_t
+    integer(const Json& value, const std::string& path, std::int64_t min, std::int64_t max) const {
+        const std::string expected =
+            "an integer between " + std::to_string(min) + " and " + std::to_string(max);
+        if (!value.is_number_integer()) fail_type(path, expected, value);
+        if (value.is_number_unsigned()) {
+            const auto u = value.get<std::uint64_t>();
+            if (u > static_cast<std::uint64_t>(max) ||
+                (min > 0 && u < static_cast<std::uint64_t>(min))) {
+                fail_type(path, expected, value);
+            }
+            return static_cast<std::int64_t>(u);
+        }
+        const auto i = value.get<std::int64_t>();
+        if (i < min || i > max) fail_type(path, expected, value);
+        return i;
+    }
+
+    int int_value(const Json& value, const std::string& path, int min) const {
+        return static_cast<int>(integer(value, path, min, std::numeric_limits<int>::max()));
+    }
+
+    std::uint64_t unsigned_integer(const Json& value, const std::string& path) const {
+        if (!value.is_number_unsigned()) {
+            fail_type(path, "an integer between 0 and 18446744073709551615", value);
+        }
+        return value.get<std::uint64_t>();
+    }
+
+    bool boolean(const Json& value, const std::string& path) const {
+        if (!value.is_boolean()) fail_type(path, "a boolean", value);
+        return value.get<bool>();
+    }
+
+    std::string string(const Json& value, const std::string& path) const {
+        if (!value.is_string()) fail_type(path, "a string", value);
+        return value.get<std::string>();
+    }
+
+    template <class Enum>
+    Enum enumeration(const Json& value,
+                     const std::string& path,
+                     std::initializer_list<Enum> values) const {
+        const std::string text = string(value, path);
+        for (Enum candidate : values) {
+            if (text == to_string(candidate)) return candidate;
+        }
+        fail_key(path,
+                 "has unknown value '" + shorten(text) + "' (expected " + alternatives(values) +
+                     ")");
+    }
+
+    Vector
+    vector(const Json& value, const std::string& path, Index n, const std::string& reason) const {
+        array(value, path, n, "value", reason);
+        Vector v(n);
+        for (Index i = 0; i < n; ++i) {
+            const auto u = static_cast<std::size_t>(i);
+            v(i) = number(value[u], indexed(path, u));
+        }
+        return v;
+    }
+
+    /// An array of `rows` rows of `cols` numbers each.
+    Matrix matrix(const Json& value,
+                  const std::string& path,
+                  Index rows,
+                  const std::string& row_reason,
+                  Index cols,
+                  const std::string& col_reason) const {
+        array(value, path, rows, "row", row_reason);
+        Matrix m(rows, cols);
+        for (Index i = 0; i < rows; ++i) {
+            const auto u = static_cast<std::size_t>(i);
+            m.row(i) = vector(value[u], indexed(path, u), cols, col_reason).transpose();
+        }
+        return m;
+    }
+
+    std::vector<std::string>
+    names(const Json& value, const std::string& path, Index n, const std::string& reason) const {
+        array(value, path, n, "name", reason);
+        std::vector<std::string> out;
+        std::set<std::string> seen;
+        for (std::size_t i = 0; i < value.size(); ++i) {
+            out.push_back(string(value[i], indexed(path, i)));
+            if (!seen.insert(out.back()).second) {
+                fail_key(path, "lists the name '" + out.back() + "' twice");
+            }
+        }
+        return out;
+    }
+
+    std::vector<std::string> strings(const Json& value, const std::string& path) const {
+        if (!value.is_array()) fail_type(path, "an array", value);
+        std::vector<std::string> out;
+        for (std::size_t i = 0; i < value.size(); ++i) {
+            out.push_back(string(value[i], indexed(path, i)));
+        }
+        return out;
+    }
+
+    std::vector<double> doubles(const Json& value, const std::string& path) const {
+        if (!value.is_array()) fail_type(path, "an array", value);
+        std::vector<double> out;
+        for (std::size_t i = 0; i < value.size(); ++i) {
+            out.push_back(number(value[i], indexed(path, i)));
+        }
+        return out;
+    }
+
+    /// `coefficient_names` must be "(intercept)" followed by `names`.
+    void coefficient_names(const Json& value,
+                           const std::string& path,
+                           const std::vector<std::string>& names,
+                           const std::string& names_key) const {
+        array(value,
+              path,
+              static_cast<Index>(names.size()) + 1,
+              "name",
+              "'(intercept)' and the " + std::to_string(names.size()) + " names of '" + names_key +
+                  "' are expected");
+        for (std::size_t i = 0; i <= names.size(); ++i) {
+            const std::string expected = i == 0 ? std::string(intercept_name) : names[i - 1];
+            const std::string actual = string(value[i], indexed(path, i));
+            if (actual != expected) {
+                fail_key(indexed(path, i),
+                         "is '" + actual + "', but '" + expected + "' was expected" +
+                             (i == 0 ? "" : " (from '" + names_key + "')"));
+            }
+        }
+    }
+
+    /// A q×q covariance: numbers, symmetric, of the structure of `type`, positive definite.
+    CovarianceFactor
+    covariance(const Json& value, const std::string& path, Index q, CovarianceType type) const {
+        const std::string reason = "n_outputs is " + std::to_string(q);
+        const Matrix s = matrix(value, path, q, reason, q, reason);
+        auto problem = symmetry_problem(s);
+        if (!problem) problem = type_problem(type, s);
+        if (problem) fail_key(path, "is " + problem->value + ", but " + problem->requirement);
+        auto factor = try_factor(s);
+        if (!factor) fail_key(path, "is not symmetric positive definite");
+        return *std::move(factor);
+    }
+
+  private:
+    /// " (line L, column C)" of nlohmann's 1-based byte position (the last character read).
+    static std::string position(const std::string& text, std::size_t byte) {
+        const std::size_t end = std::min(byte > 0 ? byte - 1 : 0, text.size());
+        std::size_t line = 1;
+        std::size_t line_start = 0;
+        for (std::size_t i = 0; i < end; ++i) {
+            if (text[i] == '\n') {
+                ++line;
+                line_start = i + 1;
+            }
+        }
+        return " (line " + std::to_string(line) + ", column " +
+               std::to_string(end - line_start + 1) + ")";
+    }
+
+    /// nlohmann's message without its "[json.exception...] parse error at line L, column C: "
+    /// prefix.
+    static std::string detail(const std::string& what) {
+        std::string text = what;
+        const auto bracket = text.find("] ");
+        if (text.rfind("[json.exception.", 0) == 0 && bracket != std::string::npos) {
+            text = text.substr(bracket + 2);
+        }
+        if (text.rfind("parse error", 0) == 0) {
+            const auto colon = text.find(": ");
+            if (colon != std::string::npos) text = text.substr(colon + 2);
+        }
+        return text;
+    }
+
+    const std::string& source_;
+};
+
+FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
+    const std::string path = "fit";
+    r.object(value, path);
+    r.only_keys(value,
+                path,
+                {"log_likelihood",
+                 "n_parameters",
+                 "n_samples",
+                 "aic",
+                 "bic",
+                 "iterations",
+                 "converged",
+                 "trace",
+                 "seed",
+                 "best_restart",
+                 "restart_log_likelihoods",
+                 "warnings",
+                 "options"});
+    auto at = [&](std::string_view key) -> const Json& { return r.member(value, path, key); };
+    auto key = [&](std::string_view name) { return join(path, name); };
+
+    FitRecord fit;
+    fit.log_likelihood = r.number(at("log_likelihood"), key("log_likelihood"));
+    fit.n_parameters = r.integer(
+        at("n_parameters"), key("n_parameters"), 0, std::numeric_limits<std::int64_t>::max());
+    fit.n_samples = r.number(at("n_samples"), key("n_samples"));
+    if (fit.n_samples < 0.0) r.fail_key(key("n_samples"), "is negative");
+    fit.aic = r.number(at("aic"), key("aic"));
+    fit.bic = r.number(at("bic"), key("bic"));
+    fit.iterations = r.int_value(at("iterations"), key("iterations"), 0);
+    fit.converged = r.boolean(at("converged"), key("converged"));
+    fit.trace = r.doubles(at("trace"), key("trace"));
+    fit.seed = r.unsigned_integer(at("seed"), key("seed"));
+    fit.best_restart = r.int_value(at("best_restart"), key("best_restart"), 0);
+    {
+        // null marks a start that did not reach a finite log-likelihood: read as -infinity.
+        const std::string rpath = key("restart_log_likelihoods");
+        const Json& values = at("restart_log_likelihoods");
+        if (!values.is_array()) r.fail_type(rpath, "an array", values);
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            fit.restart_log_likelihoods.push_back(values[i].is_null()
+                                                      ? -std::numeric_limits<double>::infinity()
+                                                      : r.number(values[i], indexed(rpath, i)));
+        }
+    }
+    fit.warnings = r.strings(at("warnings"), key("warnings"));
+
+    const std::string opath = key("options");
+    const Json& o = r.object(at("options"), opath);
+    r.only_keys(o,
+                opath,
+                {"expert",
+                 "gate",
+                 "covariance",
+                 "n_experts",
+                 "max_iter",
+                 "tol",
+                 "restarts",
+                 "seed",
+                 "init",
+                 "kmeans_iter",
+                 "reg_covar",
+                 "min_expert_size",
+                 "gate_l2",
+                 "newton_steps"});
+    auto oat = [&](std::string_view name) -> const Json& { return r.member(o, opath, name); };
+    auto okey = [&](std::string_view name) { return join(opath, name); };
+    FitOptions& options = fit.options;
+    options.expert = r.enumeration(oat("expert"), okey("expert"), expert_kinds);
+    options.gate = r.enumeration(oat("gate"), okey("gate"), gate_kinds);
+    options.covariance = r.enumeration(oat("covariance"), okey("covariance"), covariance_types);
+    options.n_experts =
+        r.integer(oat("n_experts"), okey("n_experts"), 1, std::numeric_limits<std::int64_t>::max());
+    options.max_iter = r.int_value(oat("max_iter"), okey("max_iter"), 1);
+    options.tol = r.non_negative(oat("tol"), okey("tol"));
+    options.restarts = r.int_value(oat("restarts"), okey("restarts"), 1);
+    options.seed = r.unsigned_integer(oat("seed"), okey("seed"));
+    options.init = r.enumeration(oat("init"), okey("init"), init_methods);
+    options.kmeans_iter = r.int_value(oat("kmeans_iter"), okey("kmeans_iter"), 0);
+    options.regularization.reg_covar = r.non_negative(oat("reg_covar"), okey("reg_covar"));
+    options.regularization.min_expert_size =
+        r.number(oat("min_expert_size"), okey("min_expert_size"));
+    options.gate_options.gate_l2 = r.non_negative(oat("gate_l2"), okey("gate_l2"));
+    options.gate_options.newton_steps = r.int_value(oat("newton_steps"), okey("newton_steps"), 1);
+
+    // The options must describe the model they produced.
+    auto mismatch = [&](std::string_view name, const std::string& actual, const std::string& top) {
+        r.fail_key(okey(name),
+                   "is " + actual + ", but the model's '" + std::string(name) + "' is " + top);
+    };
+    if (options.expert != model.experts.kind) {
+        mismatch(
+            "expert", quoted(to_string(options.expert)), quoted(to_string(model.experts.kind)));
+    }
+    if (options.gate != gate_kind(model.gate)) {
+        mismatch("gate", quoted(to_string(options.gate)), quoted(to_string(gate_kind(model.gate))));
+    }
+    if (options.covariance != model.experts.covariance_type) {
+        mismatch("covariance",
+                 quoted(to_string(options.covariance)),
+                 quoted(to_string(model.experts.covariance_type)));
+    }
+    if (options.n_experts != model.n_experts()) {
+        mismatch("n_experts", std::to_string(options.n_experts), std::to_string(model.n_experts()));
+    }
+    // Whatever the checks above do not cover, the options' own validation does.
+    try {
+        validate(options, r.source().c_str());
+    } catch (const InvalidArgument& e) {
+        throw DataError(e.what());
+    }
+    return fit;
+}
+
+} // namespace
+
+FitRecord make_fit_record(const FitResult& result, const FitOptions& options) {
+    FitRecord record;
+    record.log_likelihood = result.log_likelihood;
+    record.n_parameters = result.n_parameters;
+    record.n_samples = result.n_samples;
+    record.aic = result.aic;
+    record.bic = result.bic;
+    record.iterations = result.iterations;
+    record.converged = result.converged;
+    record.trace = result.trace;
+    record.seed = options.seed;
+    record.best_restart = result.best_restart;
+    record.restart_log_likelihoods = result.restart_log_likelihoods;
+    record.warnings = result.warnings;
+    record.options = options;
+    return record;
+}
+
+std::string model_to_json(const Model& model, const FitRecord* fit) {
+    validate(model, writer);
+    check_structure_for_writing(model);
+
+    const Experts& experts = model.experts;
+    Json root = Json::object();
+    root["format"] = format_name;
+    root["version"] = model_file_version;
+    root["expert"] = to_string(experts.kind);
+    root["gate"] = to_string(gate_kind(model.gate));
+    root["covariance"] = to_string(experts.covariance_type);
+    root["n_experts"] = static_cast<std::int64_t>(model.n_experts());
+    root["n_outputs"] = static_cast<std::int64_t>(experts.n_outputs());
+    root["n_inputs"] = static_cast<std::int64_t>(experts.n_inputs());
+    root["n_gate_inputs"] = static_cast<std::int64_t>(model.gate_input_names.size());
+    root["targets"] = names_json(model.target_names);
+    root["inputs"] = names_json(model.input_names);
+    root["gate_inputs"] = names_json(model.gate_input_names);
+
+    Json gate = Json::object();
+    if (const auto* constant = std::get_if<ConstantGate>(&model.gate)) {
+        gate["weights"] = vector_json(constant->weights);
+    } else {
+        const auto& softmax = std::get<SoftmaxGate>(model.gate);
+        gate["coefficients"] = matrix_json(softmax.coefficients);
+        gate["coefficient_names"] = coefficient_names_json(model.gate_input_names);
+    }
+    root["gate_parameters"] = std::move(gate);
+
+    Json expert_array = Json::array();
+    for (Index k = 0; k < experts.n_experts(); ++k) {
+        const auto u = static_cast<std::size_t>(k);
+        Json expert = Json::object();
+        if (experts.kind == ExpertKind::Gaussian) {
+            expert["mean"] = vector_json(experts.coefficients[u].row(0).transpose());
+        } else {
+            expert["coefficients"] = matrix_json(experts.coefficients[u]);
+            expert["coefficient_names"] = coefficient_names_json(model.input_names);
+        }
+        expert["covariance"] = matrix_json(experts.covariances[u].covariance);
+        expert_array.push_back(std::move(expert));
+    }
+    root["experts"] = std::move(expert_array);
+
+    if (fit != nullptr) root["fit"] = fit_json(model, *fit);
+
+    std::string text;
+    try {
+        write_pretty(root, 0, text);
+    } catch (const Json::type_error&) {
+        // Only strings can fail to serialise: a name that is not valid UTF-8.
+        throw_invalid_argument(writer,
+                               "a name (target, input, gate input or warning)",
+                               "not valid UTF-8",
+                               "model files are UTF-8 JSON",
+                               "Re-encode the CSV header as UTF-8.");
+    }
+    text += "\n";
+    return text;
+}
+
+ModelFile model_from_json(const std::string& text, const std::string& source) {
+    const Reader r(source);
+    const Json root = r.parse(text);
+    if (!root.is_object()) {
+        r.fail("not a moekit model file (the top-level JSON value is " + describe(root) +
+               ", expected an object)");
+    }
+
+    // Format and version come first: a newer file may have keys this version does not know.
+    const auto format = root.find("format");
+    if (format == root.end()) r.fail("not a moekit model file (missing key 'format')");
+    if (!format->is_string() || format->get<std::string>() != format_name) {
+        r.fail("not a moekit model file (key 'format' is " + describe(*format) + ", expected '" +
+               format_name + "')");
+    }
+    const auto version = r.integer(
+        r.member(root, "", "version"), "version", 1, std::numeric_limits<std::int64_t>::max());
+    if (version > model_file_version) {
+        r.fail("written by a newer moekit (version " + std::to_string(version) +
+               "); this moekit reads up to version " + std::to_string(model_file_version));
+    }
+    r.only_keys(root,
+                "",
+                {"format",
+                 "version",
+                 "expert",
+                 "gate",
+                 "covariance",
+                 "n_experts",
+                 "n_outputs",
+                 "n_inputs",
+                 "n_gate_inputs",
+                 "targets",
+                 "inputs",
+                 "gate_inputs",
+                 "gate_parameters",
+                 "experts",
+                 "fit"});
+    auto at = [&](std::string_view key) -> const Json& { return r.member(root, "", key); };
+    constexpr auto index_max = std::numeric_limits<std::int64_t>::max();
+
+    const ExpertKind expert_kind = r.enumeration(at("expert"), "expert", expert_kinds);
+    const GateKind kind_of_gate = r.enumeration(at("gate"), "gate", gate_kinds);
+    const CovarianceType covariance_type =
+        r.enumeration(at("covariance"), "covariance", covariance_types);
+    const Index n_experts = r.integer(at("n_experts"), "n_experts", 1, index_max);
+    const Index q = r.integer(at("n_outputs"), "n_outputs", 1, index_max);
+    const Index d = r.integer(at("n_inputs"), "n_inputs", 0, index_max);
+    const Index g = r.integer(at("n_gate_inputs"), "n_gate_inputs", 0, index_max);
+    if (expert_kind == ExpertKind::Gaussian && d != 0) {
+        r.fail_key("n_inputs", "is " + std::to_string(d) + ", but Gaussian experts take no inputs");
+    }
+    if (kind_of_gate == GateKind::Constant && g != 0) {
+        r.fail_key("n_gate_inputs",
+                   "is " + std::to_string(g) + ", but a constant gate takes no inputs");
+    }
+    const std::string q_reason = "n_outputs is " + std::to_string(q);
+    const std::string d_reason = "n_inputs is " + std::to_string(d);
+    const std::string g_reason = "n_gate_inputs is " + std::to_string(g);
+    const std::string k_reason = "n_experts is " + std::to_string(n_experts);
+
+    Model model;
+    model.target_names = r.names(at("targets"), "targets", q, q_reason);
+    model.input_names = r.names(at("inputs"), "inputs", d, d_reason);
+    model.gate_input_names = r.names(at("gate_inputs"), "gate_inputs", g, g_reason);
+
+    // Gate.
+    const std::string gpath = "gate_parameters";
+    const Json& gate = r.object(at("gate_parameters"), gpath);
+    if (kind_of_gate == GateKind::Constant) {
+        r.only_keys(gate, gpath, {"weights"});
+        const std::string wpath = join(gpath, "weights");
+        Vector weights = r.vector(r.member(gate, gpath, "weights"), wpath, n_experts, k_reason);
+        for (Index k = 0; k < n_experts; ++k) {
+            if (weights(k) < 0.0) {
+                r.fail_key(indexed(wpath, static_cast<std::size_t>(k)),
+                           "is negative (" + format_number(weights(k)) + ")");
+            }
+        }
+        const double sum = weights.sum();
+        if (!(std::abs(sum - 1.0) <= weight_sum_tolerance)) {
+            r.fail_key(wpath,
+                       "sums to " + format_number(sum) + ", but gate weights must sum to 1 " +
+                           "(tolerance " + format_number(weight_sum_tolerance) + ")");
+        }
+        model.gate = ConstantGate{std::move(weights)};
+    } else {
+        r.only_keys(gate, gpath, {"coefficients", "coefficient_names"});
+        const std::string cpath = join(gpath, "coefficients");
+        Matrix v = r.matrix(r.member(gate, gpath, "coefficients"),
+                            cpath,
+                            g + 1,
+                            g_reason + " (expected n_gate_inputs + 1 rows)",
+                            n_experts,
+                            k_reason);
+        for (Index i = 0; i < v.rows(); ++i) {
+            if (v(i, 0) != 0.0) {
+                r.fail_key(indexed(indexed(cpath, static_cast<std::size_t>(i)), 0),
+                           "is " + format_number(v(i, 0)) +
+                               ", but column 0 (the reference expert) must be 0");
+            }
+        }
+        r.coefficient_names(r.member(gate, gpath, "coefficient_names"),
+                            join(gpath, "coefficient_names"),
+                            model.gate_input_names,
+                            "gate_inputs");
+        model.gate = SoftmaxGate{std::move(v)};
+    }
+
+    // Experts.
+    Experts& experts = model.experts;
+    experts.kind = expert_kind;
+    experts.covariance_type = covariance_type;
+    const Json& expert_array = r.array(at("experts"), "experts", n_experts, "expert", k_reason);
+    for (std::size_t u = 0; u < expert_array.size(); ++u) {
+        const std::string epath = indexed("experts", u);
+        const Json& expert = r.object(expert_array[u], epath);
+        if (expert_kind == ExpertKind::Gaussian) {
+            r.only_keys(expert, epath, {"mean", "covariance"});
+            const Vector mean =
+                r.vector(r.member(expert, epath, "mean"), join(epath, "mean"), q, q_reason);
+            experts.coefficients.push_back(mean.transpose());
+        } else {
+            r.only_keys(expert, epath, {"coefficients", "coefficient_names", "covariance"});
+            experts.coefficients.push_back(r.matrix(r.member(expert, epath, "coefficients"),
+                                                    join(epath, "coefficients"),
+                                                    d + 1,
+                                                    d_reason + " (expected n_inputs + 1 rows)",
+                                                    q,
+                                                    q_reason));
+            r.coefficient_names(r.member(expert, epath, "coefficient_names"),
+                                join(epath, "coefficient_names"),
+                                model.input_names,
+                                "inputs");
+        }
+        const std::string cpath = join(epath, "covariance");
+        CovarianceFactor factor =
+            r.covariance(r.member(expert, epath, "covariance"), cpath, q, covariance_type);
+        if (covariance_type == CovarianceType::Tied && u > 0 &&
+            factor.covariance != experts.covariances[0].covariance) {
+            r.fail_key(cpath,
+                       "differs from 'experts[0].covariance', but covariance 'tied' requires "
+                       "all experts to share one matrix");
+        }
+        experts.covariances.push_back(std::move(factor));
+    }
+
+    // Whatever the checks above do not cover, the model's own validation does.
+    try {
+        validate(model, source.c_str());
+    } catch (const InvalidArgument& e) {
+        throw DataError(e.what());
+    }
+
+    ModelFile file;
+    const auto fit = root.find("fit");
+    if (fit != root.end()) file.fit = read_fit(r, *fit, model);
+    file.model = std::move(model);
+    return file;
+}
+
+void save_model(const std::string& path, const Model& model, const FitRecord* fit) {
+    write_file_atomic(path, model_to_json(model, fit));
+}
+
+ModelFile load_model(const std::string& path) {
+    if (path == "-") {
+        const std::string text{std::istreambuf_iterator<char>(std::cin),
+                               std::istreambuf_iterator<char>()};
+        if (std::cin.bad()) throw_data_error("<stdin>", 0, "", "cannot read the model file");
+        return model_from_json(text, "<stdin>");
+    }
+    std::error_code ignored;
+    if (std::filesystem::is_directory(path, ignored)) {
+        throw_data_error(path, 0, "", "cannot open the model file (it is a directory)");
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        const int error = errno;
+        throw_data_error(path,
+                         0,
+                         "",
+                         "cannot open the model file (" +
+                             std::string(error != 0 ? std::strerror(error) : "unknown error") +
+                             ")");
+    }
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    if (in.bad()) throw_data_error(path, 0, "", "cannot read the model file");
+    return model_from_json(text, path);
+}
+
+} // namespace moekit

@@ -1,0 +1,499 @@
+// Tests of EM fitting (include/moekit/fit.hpp).
+// Truths: the EM monotonicity theorem (the log-likelihood never decreases, also for a
+// generalised M-step), exact reproducibility from a seed, recovery of simulated parameters
+// within a few standard errors computed from the known truth, closed-form ML estimates for
+// K = 1 written as naive loops, and the value semantics promised by the API.
+
+#include "moekit/csv.hpp"
+#include "moekit/errors.hpp"
+#include "moekit/fit.hpp"
+#include "moekit/simulate.hpp"
+#include "support/matching.hpp"
+#include "support/naive.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <numbers>
+#include <string>
+#include <variant>
+#include <vector>
+
+using moekit::ConstantGate;
+using moekit::CovarianceType;
+using moekit::ExpertKind;
+using moekit::FitOptions;
+using moekit::FitResult;
+using moekit::GateKind;
+using moekit::Index;
+using moekit::Matrix;
+using moekit::Model;
+using moekit::RowVector;
+using moekit::SoftmaxGate;
+using moekit::Vector;
+
+namespace {
+
+moekit::Dataset faithful() {
+    moekit::CsvSpec spec;
+    spec.targets = {"eruptions", "waiting"};
+    return moekit::read_csv(std::string(MOEKIT_DATA_DIR) + "/faithful.csv", spec);
+}
+
+moekit::Dataset npreg(bool with_gate_input) {
+    moekit::CsvSpec spec;
+    spec.targets = {"yn"};
+    spec.inputs = {"x", "x2"};
+    if (with_gate_input) spec.gate_inputs = {"x"};
+    return moekit::read_csv(std::string(MOEKIT_DATA_DIR) + "/NPreg.csv", spec);
+}
+
+moekit::CovarianceFactor factor(const Matrix& s) {
+    const auto f = moekit::try_factor(s);
+    REQUIRE(f.has_value());
+    return *f;
+}
+
+/// Every trace step: L_{t+1} >= L_t − 1e-9·|L_t|.
+void require_monotone(const std::vector<double>& trace) {
+    REQUIRE(trace.size() >= 2);
+    for (std::size_t t = 0; t + 1 < trace.size(); ++t) {
+        INFO("iteration " << t << ": " << trace[t] << " -> " << trace[t + 1]);
+        REQUIRE(std::isfinite(trace[t + 1]));
+        REQUIRE(trace[t + 1] >= trace[t] - 1e-9 * std::fabs(trace[t]));
+    }
+}
+
+/// Exact equality of two models, field by field.
+void require_identical(const Model& a, const Model& b) {
+    REQUIRE(a.gate.index() == b.gate.index());
+    if (std::holds_alternative<ConstantGate>(a.gate))
+        REQUIRE(std::get<ConstantGate>(a.gate).weights == std::get<ConstantGate>(b.gate).weights);
+    else
+        REQUIRE(std::get<SoftmaxGate>(a.gate).coefficients ==
+                std::get<SoftmaxGate>(b.gate).coefficients);
+    REQUIRE(a.experts.kind == b.experts.kind);
+    REQUIRE(a.experts.covariance_type == b.experts.covariance_type);
+    REQUIRE(a.experts.n_experts() == b.experts.n_experts());
+    for (std::size_t k = 0; k < a.experts.coefficients.size(); ++k) {
+        REQUIRE(a.experts.coefficients[k] == b.experts.coefficients[k]);
+        REQUIRE(a.experts.covariances[k].covariance == b.experts.covariances[k].covariance);
+        REQUIRE(a.experts.covariances[k].lower == b.experts.covariances[k].lower);
+        REQUIRE(a.experts.covariances[k].log_det == b.experts.covariances[k].log_det);
+    }
+    REQUIRE(a.target_names == b.target_names);
+    REQUIRE(a.input_names == b.input_names);
+    REQUIRE(a.gate_input_names == b.gate_input_names);
+}
+
+void require_identical(const FitResult& a, const FitResult& b) {
+    REQUIRE(a.trace == b.trace);
+    REQUIRE(a.log_likelihood == b.log_likelihood);
+    REQUIRE(a.iterations == b.iterations);
+    REQUIRE(a.converged == b.converged);
+    REQUIRE(a.best_restart == b.best_restart);
+    REQUIRE(a.restart_log_likelihoods == b.restart_log_likelihoods);
+    REQUIRE(a.n_parameters == b.n_parameters);
+    REQUIRE(a.bic == b.bic);
+    REQUIRE(a.responsibilities.log_resp == b.responsibilities.log_resp);
+    require_identical(a.model, b.model);
+}
+
+/// Checks shared by every fit: bookkeeping agrees with its definitions.
+void require_consistent(const FitResult& r,
+                        const moekit::Dataset& data,
+                        const FitOptions& options) {
+    REQUIRE(std::isfinite(r.log_likelihood));
+    REQUIRE(r.log_likelihood == Approx(moekit::log_likelihood(r.model, data)).epsilon(1e-12));
+    REQUIRE(r.n_samples == Approx(data.weights.sum()).epsilon(1e-15));
+    REQUIRE(r.n_parameters == moekit::n_parameters(r.model));
+    const double p = static_cast<double>(r.n_parameters);
+    REQUIRE(r.aic == Approx(-2.0 * r.log_likelihood + 2.0 * p).epsilon(1e-13));
+    REQUIRE(r.bic == Approx(-2.0 * r.log_likelihood + p * std::log(r.n_samples)).epsilon(1e-13));
+    REQUIRE(r.restart_log_likelihoods.size() == static_cast<std::size_t>(options.restarts));
+    REQUIRE(r.best_restart >= 0);
+    REQUIRE(r.best_restart < options.restarts);
+    for (double l : r.restart_log_likelihoods)
+        REQUIRE(r.log_likelihood >= l - 1e-9 * std::fabs(l));
+    REQUIRE(r.model.n_experts() == options.n_experts);
+    REQUIRE_NOTHROW(moekit::validate(r.model, "test"));
+}
+
+} // namespace
+
+TEST_CASE("EM is monotone on faithful (Gaussian, full, K = 3, reg_covar = 0)", "[em]") {
+    const moekit::Dataset data = faithful();
+    FitOptions options;
+    options.expert = ExpertKind::Gaussian;
+    options.covariance = CovarianceType::Full;
+    options.n_experts = 3;
+    options.regularization.reg_covar = 0.0;
+    options.seed = 3;
+    options.restarts = 1;
+    const FitResult r = moekit::fit(data, options);
+    require_monotone(r.trace);
+    REQUIRE(r.log_likelihood >= r.trace.back() - 1e-9 * std::fabs(r.trace.back()));
+    for (const auto& intervention : r.interventions)
+        REQUIRE(intervention.kind != "likelihood_decrease");
+    require_consistent(r, data, options);
+}
+
+TEST_CASE("EM is monotone on NPreg with a softmax gate (linear experts)", "[em]") {
+    const moekit::Dataset data = npreg(true);
+    FitOptions options;
+    options.expert = ExpertKind::Linear;
+    options.gate = GateKind::Softmax;
+    options.n_experts = 2;
+    options.regularization.reg_covar = 0.0;
+    options.seed = 5;
+    options.restarts = 1;
+    const FitResult r = moekit::fit(data, options);
+    require_monotone(r.trace);
+    REQUIRE(r.log_likelihood >= r.trace.back() - 1e-9 * std::fabs(r.trace.back()));
+    for (const auto& intervention : r.interventions)
+        REQUIRE(intervention.kind != "likelihood_decrease");
+    require_consistent(r, data, options);
+    // The reference column of the gate stays 0.
+    const Matrix& v = std::get<SoftmaxGate>(r.model.gate).coefficients;
+    REQUIRE(v.rows() == 2);
+    REQUIRE(v.col(0).isZero(0.0));
+}
+
+TEST_CASE("every start of a multi-start fit is monotone", "[em]") {
+    const moekit::Dataset data = faithful();
+    FitOptions options;
+    options.covariance = CovarianceType::Diag;
+    options.n_experts = 3;
+    options.regularization.reg_covar = 0.0;
+    options.seed = 17;
+    options.restarts = 4;
+    for (int restart = 0; restart < options.restarts; ++restart) {
+        moekit::Rng rng(moekit::derive_seed(options.seed, static_cast<std::uint64_t>(restart)));
+        const Model init = moekit::initialize(data, options, rng);
+        const FitResult r = moekit::fit_em(data, init, options, restart);
+        INFO("restart " << restart);
+        require_monotone(r.trace);
+    }
+}
+
+TEST_CASE("the same seed gives an identical FitResult", "[em]") {
+    SECTION("Gaussian experts, constant gate") {
+        const moekit::Dataset data = faithful();
+        FitOptions options;
+        options.n_experts = 2;
+        options.restarts = 3;
+        options.seed = 42;
+        const FitResult a = moekit::fit(data, options);
+        const FitResult b = moekit::fit(data, options);
+        require_identical(a, b);
+    }
+    SECTION("linear experts, softmax gate") {
+        const moekit::Dataset data = npreg(true);
+        FitOptions options;
+        options.expert = ExpertKind::Linear;
+        options.gate = GateKind::Softmax;
+        options.n_experts = 2;
+        options.restarts = 3;
+        options.seed = 43;
+        const FitResult a = moekit::fit(data, options);
+        const FitResult b = moekit::fit(data, options);
+        require_identical(a, b);
+    }
+}
+
+TEST_CASE("EM recovers a well-separated 3-expert Gaussian mixture", "[em]") {
+    // Truth: K = 3, q = 2, means 8 units apart, standard deviations <= 1.3.
+    Model truth;
+    const std::vector<double> pi = {0.2, 0.3, 0.5};
+    truth.gate = ConstantGate{(Vector(3) << pi[0], pi[1], pi[2]).finished()};
+    truth.experts.kind = ExpertKind::Gaussian;
+    truth.experts.covariance_type = CovarianceType::Full;
+    truth.experts.coefficients = {(Matrix(1, 2) << 0.0, 0.0).finished(),
+                                  (Matrix(1, 2) << 8.0, 0.0).finished(),
+                                  (Matrix(1, 2) << 0.0, 8.0).finished()};
+    const std::vector<Matrix> sigma = {(Matrix(2, 2) << 1.0, 0.3, 0.3, 0.5).finished(),
+                                       (Matrix(2, 2) << 0.6, -0.2, -0.2, 1.2).finished(),
+                                       (Matrix(2, 2) << 1.5, 0.0, 0.0, 1.5).finished()};
+    for (const Matrix& s : sigma)
+        truth.experts.covariances.push_back(factor(s));
+    truth.target_names = {"y1", "y2"};
+
+    const Index n = 3000;
+    moekit::Rng rng(20240607);
+    const moekit::Simulation sim = moekit::simulate(truth, n, rng);
+    REQUIRE(sim.data.y.rows() == n);
+    REQUIRE(sim.data.y.cols() == 2);
+
+    FitOptions options;
+    options.n_experts = 3;
+    options.restarts = 3;
+    options.seed = 11;
+    const FitResult r = moekit::fit(sim.data, options);
+    REQUIRE(r.converged);
+    require_consistent(r, sim.data, options);
+
+    // Label-switch-safe matching on the distance between means.
+    const auto cost = [&](int j, int k) {
+        return (r.model.experts.coefficients[static_cast<std::size_t>(j)] -
+                truth.experts.coefficients[static_cast<std::size_t>(k)])
+            .norm();
+    };
+    const std::vector<int> perm = moekit_test::best_permutation(3, cost);
+    REQUIRE(moekit_test::matching_ambiguity(3, cost) < 0.1);
+
+    // Tolerances: 5 standard errors of the complete-data ML estimates (the components are so
+    // far apart that the responsibilities are essentially 0/1, so EM's estimates are those):
+    //  weight π_k:  sqrt(π(1−π)/n);  mean_j: sqrt(Σ_jj / n_k);
+    //  covariance_ab: sqrt((Σ_aa Σ_bb + Σ_ab²) / n_k), with n_k = n π_k.
+    const Vector& w = std::get<ConstantGate>(r.model.gate).weights;
+    for (int j = 0; j < 3; ++j) {
+        const std::size_t js = static_cast<std::size_t>(j);
+        const std::size_t k = static_cast<std::size_t>(perm[js]);
+        const double nk = static_cast<double>(n) * pi[k];
+        INFO("fitted expert " << j << " = true expert " << k);
+        REQUIRE(std::fabs(w(j) - pi[k]) < 5.0 * std::sqrt(pi[k] * (1.0 - pi[k]) / n));
+        for (Index a = 0; a < 2; ++a) {
+            REQUIRE(std::fabs(r.model.experts.coefficients[js](0, a) -
+                              truth.experts.coefficients[k](0, a)) <
+                    5.0 * std::sqrt(sigma[k](a, a) / nk));
+            for (Index b = 0; b < 2; ++b) {
+                const double se = std::sqrt(
+                    (sigma[k](a, a) * sigma[k](b, b) + sigma[k](a, b) * sigma[k](a, b)) / nk);
+                REQUIRE(std::fabs(r.model.experts.covariances[js].covariance(a, b) -
+                                  sigma[k](a, b)) < 5.0 * se);
+            }
+        }
+    }
+}
+
+TEST_CASE("EM recovers a 2-expert linear model with a softmax gate", "[em]") {
+    // Truth: y = 4 + 1.5x + 0.5ε (expert 0) or y = −4 + 0.5x + 0.8ε (expert 1), x ~ U(−3, 3),
+    // P(expert 1 | z = x) = logistic(0.5 + 1.5x). The lines are >= 5 apart on the whole range.
+    Model truth;
+    Matrix v(2, 2);
+    v << 0.0, 0.5, //
+        0.0, 1.5;
+    truth.gate = SoftmaxGate{v};
+    truth.experts.kind = ExpertKind::Linear;
+    truth.experts.covariance_type = CovarianceType::Full;
+    truth.experts.coefficients = {(Matrix(2, 1) << 4.0, 1.5).finished(),
+                                  (Matrix(2, 1) << -4.0, 0.5).finished()};
+    const std::vector<double> sd = {0.5, 0.8};
+    truth.experts.covariances = {factor(Matrix::Constant(1, 1, sd[0] * sd[0])),
+                                 factor(Matrix::Constant(1, 1, sd[1] * sd[1]))};
+    truth.target_names = {"y"};
+    truth.input_names = {"x"};
+    truth.gate_input_names = {"z"};
+
+    const Index n = 3000;
+    moekit::Rng rng(777);
+    Matrix x(n, 1);
+    for (Index i = 0; i < n; ++i)
+        x(i, 0) = -3.0 + 6.0 * moekit::uniform01(rng);
+    moekit::Dataset inputs = moekit::make_dataset(Matrix(), x, x);
+    const moekit::Simulation sim = moekit::simulate(truth, inputs, rng);
+    REQUIRE(sim.data.y.rows() == n);
+    REQUIRE(sim.data.y.cols() == 1);
+    REQUIRE(sim.data.x == x);
+
+    FitOptions options;
+    options.expert = ExpertKind::Linear;
+    options.gate = GateKind::Softmax;
+    options.n_experts = 2;
+    options.restarts = 3;
+    options.seed = 13;
+    const FitResult r = moekit::fit(sim.data, options);
+    REQUIRE(r.converged);
+    require_consistent(r, sim.data, options);
+
+    const auto cost = [&](int j, int k) {
+        return (r.model.experts.coefficients[static_cast<std::size_t>(j)] -
+                truth.experts.coefficients[static_cast<std::size_t>(k)])
+            .norm();
+    };
+    const std::vector<int> perm = moekit_test::best_permutation(2, cost);
+    REQUIRE(moekit_test::matching_ambiguity(2, cost) < 0.1);
+
+    // Standard errors of the complete-data ML estimates at the truth (the experts are so far
+    // apart that EM's responsibilities are essentially the true labels):
+    //  coefficients: σ_k² (X̃_kᵀ X̃_k)⁻¹ over the samples of expert k;
+    //  σ_k: σ_k / sqrt(2 n_k);
+    //  gate: inverse Fisher information of the logistic regression, (Σ p(1−p) z̃ z̃ᵀ)⁻¹.
+    for (int j = 0; j < 2; ++j) {
+        const std::size_t js = static_cast<std::size_t>(j);
+        const int k = perm[js];
+        const std::size_t ks = static_cast<std::size_t>(k);
+        Matrix gram = Matrix::Zero(2, 2);
+        double nk = 0.0;
+        for (Index i = 0; i < n; ++i)
+            if (sim.expert(i) == k) {
+                nk += 1.0;
+                gram(0, 0) += 1.0;
+                gram(0, 1) += x(i, 0);
+                gram(1, 1) += x(i, 0) * x(i, 0);
+            }
+        gram(1, 0) = gram(0, 1);
+        const Matrix inverse = moekit_test::naive_solve(gram, Matrix::Identity(2, 2)).solution;
+        INFO("fitted expert " << j << " = true expert " << k);
+        for (Index a = 0; a < 2; ++a) {
+            const double se = sd[ks] * std::sqrt(inverse(a, a));
+            REQUIRE(std::fabs(r.model.experts.coefficients[js](a, 0) -
+                              truth.experts.coefficients[ks](a, 0)) < 5.0 * se);
+        }
+        const double fitted_sd = std::sqrt(r.model.experts.covariances[js].covariance(0, 0));
+        REQUIRE(std::fabs(fitted_sd - sd[ks]) < 5.0 * sd[ks] / std::sqrt(2.0 * nk));
+    }
+    Matrix info = Matrix::Zero(2, 2);
+    for (Index i = 0; i < n; ++i) {
+        const double p = 1.0 / (1.0 + std::exp(-(0.5 + 1.5 * x(i, 0))));
+        const double wgt = p * (1.0 - p);
+        info(0, 0) += wgt;
+        info(0, 1) += wgt * x(i, 0);
+        info(1, 1) += wgt * x(i, 0) * x(i, 0);
+    }
+    info(1, 0) = info(0, 1);
+    const Matrix gate_cov = moekit_test::naive_solve(info, Matrix::Identity(2, 2)).solution;
+    // Fitted gate difference (column of true expert 1) − (column of true expert 0).
+    const Matrix& fv = std::get<SoftmaxGate>(r.model.gate).coefficients;
+    const Index col1 = perm[0] == 1 ? 0 : 1;
+    const Index col0 = 1 - col1;
+    for (Index a = 0; a < 2; ++a) {
+        const double diff = fv(a, col1) - fv(a, col0);
+        REQUIRE(std::fabs(diff - v(a, 1)) < 5.0 * std::sqrt(gate_cov(a, a)));
+    }
+}
+
+TEST_CASE("fit never modifies the warm-start model", "[em]") {
+    const moekit::Dataset data = faithful();
+    FitOptions options;
+    options.n_experts = 2;
+    options.seed = 1;
+    options.max_iter = 3; // a rough model, far from convergence
+    const FitResult rough = moekit::fit(data, options);
+    const Model warm = rough.model;
+    const Model copy = warm;
+    options.max_iter = 1000;
+    options.restarts = 2;
+    const FitResult r = moekit::fit(data, options, &warm);
+    require_identical(warm, copy);
+    REQUIRE(r.log_likelihood >= rough.log_likelihood);
+    // fit_em takes its start by value too.
+    const FitResult e = moekit::fit_em(data, warm, options);
+    require_identical(warm, copy);
+    require_monotone(e.trace);
+}
+
+TEST_CASE("K larger than the number of distinct rows throws InvalidArgument", "[em]") {
+    Matrix y(12, 1);
+    for (Index i = 0; i < 12; ++i)
+        y(i, 0) = static_cast<double>(i % 3); // 3 distinct rows
+    const moekit::Dataset data = moekit::make_dataset(y);
+    FitOptions options;
+    options.n_experts = 4;
+    REQUIRE_THROWS_AS(moekit::fit(data, options), moekit::InvalidArgument);
+}
+
+TEST_CASE("bad fit options throw InvalidArgument", "[em]") {
+    const moekit::Dataset data = faithful();
+    {
+        FitOptions options;
+        options.n_experts = 0;
+        REQUIRE_THROWS_AS(moekit::fit(data, options), moekit::InvalidArgument);
+    }
+    {
+        FitOptions options;
+        options.tol = -1.0;
+        REQUIRE_THROWS_AS(moekit::validate(options, "test"), moekit::InvalidArgument);
+    }
+    {
+        FitOptions options;
+        options.restarts = 0;
+        REQUIRE_THROWS_AS(moekit::validate(options, "test"), moekit::InvalidArgument);
+    }
+    {
+        FitOptions options;
+        options.max_iter = -5;
+        REQUIRE_THROWS_AS(moekit::validate(options, "test"), moekit::InvalidArgument);
+    }
+    {
+        FitOptions options;
+        options.regularization.reg_covar = -1e-3;
+        REQUIRE_THROWS_AS(moekit::validate(options, "test"), moekit::InvalidArgument);
+    }
+    {
+        // A softmax gate needs gate inputs.
+        FitOptions options;
+        options.gate = GateKind::Softmax;
+        REQUIRE_THROWS_AS(moekit::fit(data, options), moekit::InvalidArgument);
+    }
+    REQUIRE_NOTHROW(moekit::validate(FitOptions{}, "test"));
+}
+
+TEST_CASE("K = 1 equals the closed-form ML fit", "[em]") {
+    SECTION("Gaussian, full covariance, faithful") {
+        const moekit::Dataset data = faithful();
+        FitOptions options;
+        options.n_experts = 1;
+        options.regularization.reg_covar = 0.0;
+        const FitResult r = moekit::fit(data, options);
+        const Index n = data.y.rows();
+        const Vector ones = Vector::Ones(n);
+        const RowVector mean = moekit_test::naive_weighted_mean(data.y, ones);
+        const Matrix cov =
+            moekit_test::naive_weighted_covariance(data.y.rowwise() - mean, ones); // divide by n
+        long double loglik = 0.0L;
+        for (Index i = 0; i < n; ++i)
+            loglik += moekit_test::naive_normal_log_density(data.y.row(i) - mean, cov);
+        REQUIRE(r.model.n_experts() == 1);
+        REQUIRE(std::get<ConstantGate>(r.model.gate).weights(0) == Approx(1.0).epsilon(1e-15));
+        for (Index a = 0; a < 2; ++a) {
+            REQUIRE(r.model.experts.coefficients[0](0, a) == Approx(mean(a)).epsilon(1e-12));
+            for (Index b = 0; b < 2; ++b)
+                REQUIRE(r.model.experts.covariances[0].covariance(a, b) ==
+                        Approx(cov(a, b)).epsilon(1e-10));
+        }
+        REQUIRE(r.log_likelihood == Approx(static_cast<double>(loglik)).epsilon(1e-12));
+        // 2 means + 3 covariance entries, no free mixing weight.
+        REQUIRE(r.n_parameters == 5);
+        REQUIRE(r.bic ==
+                Approx(-2.0 * static_cast<double>(loglik) + 5.0 * std::log(static_cast<double>(n)))
+                    .epsilon(1e-12));
+    }
+    SECTION("linear regression, NPreg") {
+        const moekit::Dataset data = npreg(false);
+        FitOptions options;
+        options.expert = ExpertKind::Linear;
+        options.n_experts = 1;
+        options.regularization.reg_covar = 0.0;
+        const FitResult r = moekit::fit(data, options);
+        const Index n = data.y.rows();
+        Matrix design(n, 3);
+        design.col(0).setOnes();
+        design.rightCols(2) = data.x;
+        const Vector ones = Vector::Ones(n);
+        const Matrix w = moekit_test::naive_weighted_least_squares(design, data.y, ones); // OLS
+        long double rss = 0.0L;
+        for (Index i = 0; i < n; ++i) {
+            const double res =
+                data.y(i, 0) - (w(0, 0) + w(1, 0) * data.x(i, 0) + w(2, 0) * data.x(i, 1));
+            rss += static_cast<long double>(res) * res;
+        }
+        const double s2 = static_cast<double>(rss / n);
+        // Profile log-likelihood at the ML noise variance: −n/2 (log 2πσ̂² + 1).
+        const double loglik =
+            -0.5 * static_cast<double>(n) * (std::log(2.0 * std::numbers::pi * s2) + 1.0);
+        for (Index a = 0; a < 3; ++a)
+            REQUIRE(r.model.experts.coefficients[0](a, 0) ==
+                    Approx(w(a, 0)).epsilon(1e-9).margin(1e-12));
+        REQUIRE(r.model.experts.covariances[0].covariance(0, 0) == Approx(s2).epsilon(1e-10));
+        REQUIRE(r.log_likelihood == Approx(loglik).epsilon(1e-12));
+        REQUIRE(r.n_parameters == 4); // 3 coefficients + 1 variance
+    }
+}
+
+TEST_CASE("aic and bic follow their definitions", "[em]") {
+    REQUIRE(moekit::aic(-100.0, 5) == Approx(210.0).epsilon(1e-15));
+    REQUIRE(moekit::bic(-100.0, 5, 100.0) == Approx(200.0 + 5.0 * std::log(100.0)).epsilon(1e-15));
+    REQUIRE(moekit::bic(145.416848157236, 7, 150.0) ==
+            Approx(-255.759249255798).epsilon(1e-12)); // tonedata
+}

@@ -1,0 +1,316 @@
+// Tests of the gates (include/moekit/gates.hpp).
+// Truths: the penalised softmax objective written as a double loop, its gradient and Hessian
+// by central finite differences of that naive objective, the closed-form constant-gate
+// M-step Σ w h / Σ w, and the invariants of a (generalised) EM M-step: it never lowers the
+// objective, keeps the reference column at 0 and stays finite on separable data.
+
+#include "moekit/errors.hpp"
+#include "moekit/gates.hpp"
+#include "moekit/rng.hpp"
+#include "support/naive.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <variant>
+#include <vector>
+
+using moekit::ConstantGate;
+using moekit::Index;
+using moekit::Matrix;
+using moekit::SoftmaxGate;
+using moekit::Vector;
+
+namespace {
+
+/// Σ_i w_i Σ_k h_ik log g_ik − (λ/2) Σ_{r ≥ 1, k} V_rk², literally.
+double
+naive_objective(const Matrix& v, const Matrix& z, const Vector& w, const Matrix& h, double lambda) {
+    long double total = 0.0L;
+    for (Index i = 0; i < z.rows(); ++i) {
+        const std::vector<double> g =
+            moekit_test::naive_softmax(moekit_test::naive_gate_scores(z, i, v));
+        for (Index k = 0; k < v.cols(); ++k)
+            total += static_cast<long double>(w(i)) * h(i, k) *
+                     std::log(static_cast<long double>(g[static_cast<std::size_t>(k)]));
+    }
+    long double penalty = 0.0L;
+    for (Index r = 1; r < v.rows(); ++r)
+        for (Index k = 0; k < v.cols(); ++k)
+            penalty += static_cast<long double>(v(r, k)) * v(r, k);
+    return static_cast<double>(total - 0.5L * lambda * penalty);
+}
+
+/// The design (1, z) written out.
+Matrix naive_design(const Matrix& z) {
+    Matrix d(z.rows(), z.cols() + 1);
+    for (Index i = 0; i < z.rows(); ++i) {
+        d(i, 0) = 1.0;
+        for (Index j = 0; j < z.cols(); ++j)
+            d(i, j + 1) = z(i, j);
+    }
+    return d;
+}
+
+struct Problem {
+    Matrix z;
+    Vector w;
+    Matrix h;
+    Matrix v; ///< (g+1)×K, column 0 zero
+};
+
+/// A small random problem: n samples, g gate inputs, K experts.
+Problem random_problem(std::uint64_t seed, Index n, Index g, Index K) {
+    moekit::Rng rng(seed);
+    Problem p;
+    p.z.resize(n, g);
+    for (Index i = 0; i < n; ++i)
+        for (Index j = 0; j < g; ++j)
+            p.z(i, j) = moekit::standard_normal(rng);
+    p.w.resize(n);
+    for (Index i = 0; i < n; ++i)
+        p.w(i) = 0.5 + moekit::uniform01(rng);
+    p.h.resize(n, K);
+    for (Index i = 0; i < n; ++i) {
+        double total = 0.0;
+        for (Index k = 0; k < K; ++k)
+            total += (p.h(i, k) = 0.05 + moekit::uniform01(rng));
+        p.h.row(i) /= total;
+    }
+    p.v = Matrix::Zero(g + 1, K);
+    for (Index r = 0; r <= g; ++r)
+        for (Index k = 1; k < K; ++k)
+            p.v(r, k) = moekit::standard_normal(rng);
+    return p;
+}
+
+/// Index of free coefficient V(r, k), k >= 1, in the column-major free vector.
+Index free_index(Index r, Index k, Index g) {
+    return (k - 1) * (g + 1) + r;
+}
+
+} // namespace
+
+TEST_CASE("softmax_gate_objective equals the naive penalised objective", "[gates]") {
+    const Problem p = random_problem(101, 30, 2, 3);
+    const double lambda = 0.3;
+    SoftmaxGate gate{p.v};
+    const double value = moekit::softmax_gate_objective(gate, naive_design(p.z), p.w, p.h, lambda);
+    REQUIRE(value == Approx(naive_objective(p.v, p.z, p.w, p.h, lambda)).epsilon(1e-12));
+    // The penalty alone, intercepts excluded.
+    long double penalty = 0.0L;
+    for (Index r = 1; r < p.v.rows(); ++r)
+        for (Index k = 0; k < p.v.cols(); ++k)
+            penalty += static_cast<long double>(p.v(r, k)) * p.v(r, k);
+    REQUIRE(moekit::gate_penalty(moekit::Gate{gate}, lambda) ==
+            Approx(static_cast<double>(0.5L * lambda * penalty)).epsilon(1e-13));
+    REQUIRE(moekit::gate_penalty(moekit::Gate{ConstantGate{Vector::Constant(3, 1.0 / 3.0)}},
+                                 lambda) == 0.0);
+}
+
+TEST_CASE("softmax gate gradient and Hessian match central finite differences", "[gates]") {
+    // K = 3, g = 2, fixed seed; λ > 0 so the penalty's derivatives are checked too.
+    const Index n = 40;
+    const Index g = 2;
+    const Index K = 3;
+    const Problem p = random_problem(202, n, g, K);
+    const double lambda = 0.7;
+    const Matrix design = naive_design(p.z);
+    const Index m = (g + 1) * (K - 1);
+
+    Vector gradient;
+    Matrix hessian;
+    moekit::softmax_gate_objective(SoftmaxGate{p.v}, design, p.w, p.h, lambda, &gradient, &hessian);
+    REQUIRE(gradient.size() == m);
+    REQUIRE(hessian.rows() == m);
+    REQUIRE(hessian.cols() == m);
+
+    // Gradient: central differences of the naive objective, step 1e-5 (truncation error
+    // O(h²) ≈ 1e-10, rounding ≈ 1e-16·|f|/h ≈ 1e-10).
+    const double step = 1e-5;
+    for (Index k = 1; k < K; ++k)
+        for (Index r = 0; r <= g; ++r) {
+            Matrix plus = p.v;
+            Matrix minus = p.v;
+            plus(r, k) += step;
+            minus(r, k) -= step;
+            const double fd = (naive_objective(plus, p.z, p.w, p.h, lambda) -
+                               naive_objective(minus, p.z, p.w, p.h, lambda)) /
+                              (2.0 * step);
+            INFO("V(" << r << ", " << k << ")");
+            REQUIRE(gradient(free_index(r, k, g)) == Approx(fd).epsilon(1e-6).margin(1e-6));
+        }
+
+    // Hessian: central differences of the (just verified) analytic gradient, column by column.
+    for (Index k = 1; k < K; ++k)
+        for (Index r = 0; r <= g; ++r) {
+            Matrix plus = p.v;
+            Matrix minus = p.v;
+            plus(r, k) += step;
+            minus(r, k) -= step;
+            Vector gp;
+            Vector gm;
+            moekit::softmax_gate_objective(SoftmaxGate{plus}, design, p.w, p.h, lambda, &gp);
+            moekit::softmax_gate_objective(SoftmaxGate{minus}, design, p.w, p.h, lambda, &gm);
+            const Vector column = (gp - gm) / (2.0 * step);
+            const Index j = free_index(r, k, g);
+            for (Index a = 0; a < m; ++a) {
+                INFO("Hessian(" << a << ", " << j << ")");
+                REQUIRE(hessian(a, j) == Approx(column(a)).epsilon(1e-6).margin(1e-6));
+            }
+        }
+    // Symmetric and negative definite (the objective is concave with λ > 0).
+    REQUIRE(moekit_test::max_abs_diff(hessian, hessian.transpose()) < 1e-10);
+    const Eigen::SelfAdjointEigenSolver<Matrix> eig(hessian);
+    REQUIRE(eig.eigenvalues().maxCoeff() < 0.0);
+}
+
+TEST_CASE("gate_log_probabilities matches a naive softmax", "[gates]") {
+    const Problem p = random_problem(303, 12, 2, 3);
+    const moekit::Dataset data = moekit::make_dataset(Matrix(), Matrix(), p.z);
+    const Matrix logg = moekit::gate_log_probabilities(moekit::Gate{SoftmaxGate{p.v}}, data);
+    REQUIRE(logg.rows() == 12);
+    REQUIRE(logg.cols() == 3);
+    for (Index i = 0; i < 12; ++i) {
+        const std::vector<double> g =
+            moekit_test::naive_softmax(moekit_test::naive_gate_scores(p.z, i, p.v));
+        long double total = 0.0L;
+        for (Index k = 0; k < 3; ++k) {
+            REQUIRE(logg(i, k) ==
+                    Approx(std::log(g[static_cast<std::size_t>(k)])).epsilon(1e-13).margin(1e-14));
+            total += std::exp(static_cast<long double>(logg(i, k)));
+        }
+        REQUIRE(static_cast<double>(total) == Approx(1.0).epsilon(1e-14));
+    }
+    const Matrix design = moekit::gate_design(data);
+    REQUIRE(moekit_test::max_abs_diff(design, naive_design(p.z)) == 0.0);
+
+    const Vector pi = (Vector(3) << 0.2, 0.5, 0.3).finished();
+    const Matrix logc = moekit::gate_log_probabilities(moekit::Gate{ConstantGate{pi}}, data);
+    REQUIRE(logc.rows() == 12);
+    for (Index i = 0; i < 12; ++i)
+        for (Index k = 0; k < 3; ++k)
+            REQUIRE(logc(i, k) == Approx(std::log(pi(k))).epsilon(1e-15));
+}
+
+TEST_CASE("softmax gate M-step keeps column 0 at zero and never lowers the objective", "[gates]") {
+    Problem p = random_problem(404, 60, 2, 3);
+    moekit::Rng rng(405);
+    moekit::Dataset data = moekit::make_dataset(Matrix(), Matrix(), p.z);
+    data.weights = p.w;
+    moekit::GateOptions options;
+    options.gate_l2 = 0.05;
+    options.newton_steps = 1; // one Newton step per call: many small generalised-EM steps
+    moekit::Gate gate = SoftmaxGate{Matrix::Zero(3, 3)};
+    for (int iteration = 0; iteration < 30; ++iteration) {
+        if (iteration % 5 == 0) {
+            // New responsibilities now and then, so the start is never already optimal.
+            for (Index i = 0; i < p.h.rows(); ++i) {
+                double total = 0.0;
+                for (Index k = 0; k < 3; ++k)
+                    total += (p.h(i, k) = 0.01 + moekit::uniform01(rng) *
+                                                     (1.0 + p.z(i, 0) * static_cast<double>(k)) *
+                                                     (1.0 + p.z(i, 0) * static_cast<double>(k)));
+                p.h.row(i) /= total;
+            }
+        }
+        const Matrix before = std::get<SoftmaxGate>(gate).coefficients;
+        const double f_before = naive_objective(before, p.z, p.w, p.h, options.gate_l2);
+        const moekit::GateUpdateReport report = moekit::update_gate(gate, data, p.h, options);
+        const Matrix& after = std::get<SoftmaxGate>(gate).coefficients;
+        const double f_after = naive_objective(after, p.z, p.w, p.h, options.gate_l2);
+        INFO("iteration " << iteration);
+        REQUIRE(after.rows() == 3);
+        REQUIRE(after.cols() == 3);
+        for (Index r = 0; r < 3; ++r)
+            REQUIRE(after(r, 0) == 0.0);
+        REQUIRE(f_after >= f_before - 1e-12 * std::fabs(f_before));
+        REQUIRE(report.objective == Approx(f_after).epsilon(1e-10));
+    }
+}
+
+TEST_CASE("softmax gate M-step with several Newton steps approaches the stationary point",
+          "[gates]") {
+    const Problem p = random_problem(505, 80, 1, 2);
+    moekit::Dataset data = moekit::make_dataset(Matrix(), Matrix(), p.z);
+    data.weights = p.w;
+    moekit::GateOptions options;
+    options.gate_l2 = 0.01;
+    options.newton_steps = 5;
+    moekit::Gate gate = SoftmaxGate{Matrix::Zero(2, 2)};
+    for (int i = 0; i < 4; ++i)
+        moekit::update_gate(gate, data, p.h, options);
+    // After 20 Newton steps on a smooth concave problem the gradient is zero to rounding.
+    Vector gradient;
+    moekit::softmax_gate_objective(
+        std::get<SoftmaxGate>(gate), naive_design(p.z), p.w, p.h, options.gate_l2, &gradient);
+    REQUIRE(gradient.norm() < 1e-8);
+}
+
+TEST_CASE("constant gate M-step is the weighted mean responsibility", "[gates]") {
+    const Problem p = random_problem(606, 25, 0, 4);
+    moekit::Dataset data = moekit::make_dataset(Matrix::Zero(25, 1));
+    data.weights = p.w;
+    moekit::Gate gate = ConstantGate{Vector::Constant(4, 0.25)};
+    moekit::update_gate(gate, data, p.h, moekit::GateOptions{});
+    const Vector& pi = std::get<ConstantGate>(gate).weights;
+    REQUIRE(pi.size() == 4);
+    long double total_w = 0.0L;
+    for (Index i = 0; i < 25; ++i)
+        total_w += p.w(i);
+    for (Index k = 0; k < 4; ++k) {
+        long double s = 0.0L;
+        for (Index i = 0; i < 25; ++i)
+            s += static_cast<long double>(p.w(i)) * p.h(i, k);
+        REQUIRE(pi(k) == Approx(static_cast<double>(s / total_w)).epsilon(1e-13));
+    }
+    REQUIRE(pi.sum() == Approx(1.0).epsilon(1e-14));
+}
+
+TEST_CASE("separable data with gate_l2 > 0 keeps finite coefficients", "[gates]") {
+    // Expert 1 owns exactly the samples with z > 0: without a penalty the slope would diverge.
+    const Index n = 40;
+    Matrix z(n, 1);
+    Matrix h = Matrix::Zero(n, 2);
+    for (Index i = 0; i < n; ++i) {
+        z(i, 0) = -1.0 + 2.0 * (static_cast<double>(i) + 0.5) / static_cast<double>(n);
+        h(i, z(i, 0) > 0.0 ? 1 : 0) = 1.0;
+    }
+    const moekit::Dataset data = moekit::make_dataset(Matrix(), Matrix(), z);
+    const moekit::GateOptions options; // default gate_l2 (1e-8)
+    REQUIRE(options.gate_l2 > 0.0);
+    moekit::Gate gate = SoftmaxGate{Matrix::Zero(2, 2)};
+    double previous = -std::numeric_limits<double>::infinity();
+    for (int iteration = 0; iteration < 100; ++iteration) {
+        const moekit::GateUpdateReport report = moekit::update_gate(gate, data, h, options);
+        const Matrix& v = std::get<SoftmaxGate>(gate).coefficients;
+        INFO("iteration " << iteration << " coefficients " << v);
+        REQUIRE(v.allFinite());
+        REQUIRE(std::isfinite(report.objective));
+        REQUIRE(report.objective >= previous - 1e-12 * std::fabs(previous));
+        previous = report.objective;
+    }
+    const Matrix logg = moekit::gate_log_probabilities(gate, data);
+    REQUIRE(logg.allFinite());
+    // And the gate separates the two halves.
+    for (Index i = 0; i < n; ++i)
+        REQUIRE(logg(i, z(i, 0) > 0.0 ? 1 : 0) > std::log(0.5));
+}
+
+TEST_CASE("gate parameter counts and kinds", "[gates]") {
+    const moekit::Gate constant = ConstantGate{Vector::Constant(4, 0.25)};
+    const moekit::Gate softmax = SoftmaxGate{Matrix::Zero(3, 4)}; // g = 2, K = 4
+    REQUIRE(moekit::n_parameters(constant) == 3);                 // K − 1
+    REQUIRE(moekit::n_parameters(softmax) == 3 * 3);              // (K − 1)(g + 1)
+    REQUIRE(moekit::n_experts(constant) == 4);
+    REQUIRE(moekit::n_experts(softmax) == 4);
+    REQUIRE(moekit::n_parameters(moekit::Gate{SoftmaxGate{Matrix::Zero(2, 2)}}) == 2); // NPreg MoE
+    REQUIRE(moekit::gate_kind(constant) == moekit::GateKind::Constant);
+    REQUIRE(moekit::gate_kind(softmax) == moekit::GateKind::Softmax);
+    REQUIRE(moekit::to_string(moekit::GateKind::Constant) == "constant");
+    REQUIRE(moekit::to_string(moekit::GateKind::Softmax) == "softmax");
+    REQUIRE(moekit::parse_gate_kind("SoftMax") == moekit::GateKind::Softmax);
+    REQUIRE(moekit::parse_gate_kind("constant") == moekit::GateKind::Constant);
+    REQUIRE_THROWS_AS(moekit::parse_gate_kind("tree"), moekit::InvalidArgument);
+}
