@@ -1,0 +1,28 @@
+#pragma once
+/// @file summary.hpp
+/// The human-readable summary `moekit fit` prints: formatting of a FitResult only; the numbers
+/// come from the library.
+
+#include "moekit/moekit.hpp"
+
+#include <iosfwd>
+#include <string>
+
+namespace moekit::cli {
+
+/// One line describing a model, e.g. "2 Gaussian experts (full covariance), constant gate".
+std::string describe_model(const moekit::Model& model);
+
+/// Writes the fit summary: model description, data, log-likelihood, number of parameters,
+/// AIC, BIC, iterations, convergence, restarts, then per expert (numbered 1..K) its gate weight
+/// (constant gate) and size Σ_i w_i h_ik, its mean or coefficients, its covariance (σ when
+/// q = 1), and for a softmax gate the coefficient table.
+/// @param data_name how to name the data (a path or "<stdin>").
+/// @param data the data the model was fitted on (for the sample weights).
+void print_fit_summary(std::ostream& out,
+                       const std::string& data_name,
+                       const moekit::Dataset& data,
+                       const moekit::FitOptions& options,
+                       const moekit::FitResult& result);
+
+} // namespace moekit::cli
