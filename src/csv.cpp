@@ -500,7 +500,7 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
         spec.delimiter == '\0') {
         throw_invalid_argument("read_csv",
                                "spec.delimiter",
-                               printable(std::string_view(&spec.delimiter, 1)),
+                               concat({"'", printable(std::string_view(&spec.delimiter, 1)), "'"}),
                                "it cannot be a quote, a line end or NUL",
                                "Use ',', ';', '\\t' or another single character.");
     }

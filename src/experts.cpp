@@ -1,5 +1,6 @@
 #include "moekit/experts.hpp"
 
+#include "blocks.hpp"
 #include "detail.hpp"
 #include "moekit/errors.hpp"
 
@@ -9,12 +10,268 @@
 namespace moekit {
 
 namespace detail {
-Matrix weighted_gram(const ConstMatrixRef& x, const ConstVectorRef& a) {
-    const Matrix xa = x.array().colwise() * a.array();
-    Matrix g(x.cols(), x.cols());
-    g.noalias() = xa.transpose() * x;
-    return 0.5 * (g + g.transpose());
+
+namespace {
+
+using Packet = Eigen::internal::packet_traits<double>::type;
+constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
+
+/// Σ_i x_i u_i for four columns u at once (one load of x feeds four FMAs), two packets of rows
+/// per step; a fixed summation order: packet lanes, then the scalar tail.
+void dot4(const double* x, const double* const* u, Index rows, double* result) {
+    using namespace Eigen::internal;
+    const double* u0 = u[0];
+    const double* u1 = u[1];
+    const double* u2 = u[2];
+    const double* u3 = u[3];
+    Packet c[8];
+    for (auto& v : c) v = pset1<Packet>(0.0);
+    Index i = 0;
+    for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+        const Packet x0 = ploadu<Packet>(x + i);
+        const Packet x1 = ploadu<Packet>(x + i + packet_size);
+        c[0] = pmadd(x0, ploadu<Packet>(u0 + i), c[0]);
+        c[1] = pmadd(x1, ploadu<Packet>(u0 + i + packet_size), c[1]);
+        c[2] = pmadd(x0, ploadu<Packet>(u1 + i), c[2]);
+        c[3] = pmadd(x1, ploadu<Packet>(u1 + i + packet_size), c[3]);
+        c[4] = pmadd(x0, ploadu<Packet>(u2 + i), c[4]);
+        c[5] = pmadd(x1, ploadu<Packet>(u2 + i + packet_size), c[5]);
+        c[6] = pmadd(x0, ploadu<Packet>(u3 + i), c[6]);
+        c[7] = pmadd(x1, ploadu<Packet>(u3 + i + packet_size), c[7]);
+    }
+    double tail[4] = {0.0, 0.0, 0.0, 0.0};
+    for (; i < rows; ++i) {
+        tail[0] += x[i] * u0[i];
+        tail[1] += x[i] * u1[i];
+        tail[2] += x[i] * u2[i];
+        tail[3] += x[i] * u3[i];
+    }
+    for (int t = 0; t < 4; ++t) result[t] = predux(padd(c[2 * t], c[2 * t + 1])) + tail[t];
 }
+
+/// Σ_i x_i u_i, four packets of rows per step.
+double dot1(const double* x, const double* u, Index rows) {
+    using namespace Eigen::internal;
+    Packet c0 = pset1<Packet>(0.0);
+    Packet c1 = c0;
+    Packet c2 = c0;
+    Packet c3 = c0;
+    Index i = 0;
+    for (; i + 4 * packet_size <= rows; i += 4 * packet_size) {
+        c0 = pmadd(ploadu<Packet>(x + i), ploadu<Packet>(u + i), c0);
+        c1 = pmadd(ploadu<Packet>(x + i + packet_size), ploadu<Packet>(u + i + packet_size), c1);
+        c2 = pmadd(ploadu<Packet>(x + i + 2 * packet_size), ploadu<Packet>(u + i + 2 * packet_size), c2);
+        c3 = pmadd(ploadu<Packet>(x + i + 3 * packet_size), ploadu<Packet>(u + i + 3 * packet_size), c3);
+    }
+    double tail = 0.0;
+    for (; i < rows; ++i) tail += x[i] * u[i];
+    return predux(padd(padd(c0, c1), padd(c2, c3))) + tail;
+}
+
+/// A 2×C tile of dot products Σ_i w_r(i) u_c(i) (r < 2, c < C <= 4): one packet of rows per
+/// step, each load of w or u feeding several FMAs; result[r·C + c]. Fixed summation order.
+template <int C>
+void dot_tile2(const double* w0, const double* w1, const double* const* u, Index rows, double* result) {
+    using namespace Eigen::internal;
+    Packet c0[C];
+    Packet c1[C];
+    for (int c = 0; c < C; ++c) c0[c] = c1[c] = pset1<Packet>(0.0);
+    Index i = 0;
+    for (; i + packet_size <= rows; i += packet_size) {
+        const Packet a0 = ploadu<Packet>(w0 + i);
+        const Packet a1 = ploadu<Packet>(w1 + i);
+        for (int c = 0; c < C; ++c) {
+            const Packet v = ploadu<Packet>(u[c] + i);
+            c0[c] = pmadd(a0, v, c0[c]);
+            c1[c] = pmadd(a1, v, c1[c]);
+        }
+    }
+    double t0[C] = {};
+    double t1[C] = {};
+    for (; i < rows; ++i)
+        for (int c = 0; c < C; ++c) {
+            t0[c] += w0[i] * u[c][i];
+            t1[c] += w1[i] * u[c][i];
+        }
+    for (int c = 0; c < C; ++c) {
+        result[c] = predux(c0[c]) + t0[c];
+        result[C + c] = predux(c1[c]) + t1[c];
+    }
+}
+
+/// A block of ones: the intercept column of every design.
+const double* ones_column() {
+    static const std::vector<double> ones(static_cast<std::size_t>(block_rows), 1.0);
+    return ones.data();
+}
+
+} // namespace
+
+void weighted_crossprod_block(const double* a, const double* const* u, Index rows, Index m, Index jrows, double* s) {
+    double weighted[2][block_rows];
+    Index j = 0;
+    // Rows j, j + 1 of S together in 2×4 tiles: six loads feed eight FMAs.
+    for (; j + 2 <= jrows; j += 2) {
+        const double* u0 = u[j];
+        const double* u1 = u[j + 1];
+        for (Index i = 0; i < rows; ++i) {
+            weighted[0][i] = a[i] * u0[i];
+            weighted[1][i] = a[i] * u1[i];
+        }
+        Index l = j;
+        double r[8];
+        auto put = [&](Index width) {
+            for (Index c = 0; c < width; ++c) {
+                s[j + (l + c) * m] = r[c];
+                if (l + c >= j + 1) s[j + 1 + (l + c) * m] = r[width + c];
+            }
+        };
+        for (; l + 4 <= m; l += 4) {
+            dot_tile2<4>(weighted[0], weighted[1], u + l, rows, r);
+            put(4);
+        }
+        switch (m - l) {
+        case 3: dot_tile2<3>(weighted[0], weighted[1], u + l, rows, r); put(3); break;
+        case 2: dot_tile2<2>(weighted[0], weighted[1], u + l, rows, r); put(2); break;
+        case 1: dot_tile2<1>(weighted[0], weighted[1], u + l, rows, r); put(1); break;
+        default: break;
+        }
+    }
+    for (; j < jrows; ++j) {
+        const double* uj = u[j];
+        for (Index i = 0; i < rows; ++i) weighted[0][i] = a[i] * uj[i];
+        Index l = j;
+        for (; l + 4 <= m; l += 4) {
+            double r[4];
+            dot4(weighted[0], u + l, rows, r);
+            for (Index t = 0; t < 4; ++t) s[j + (l + t) * m] = r[t];
+        }
+        for (; l < m; ++l) s[j + l * m] = dot1(weighted[0], u[l], rows);
+    }
+}
+
+void weighted_sumsq_block(const double* a, const double* const* u, Index rows, Index m, double* s) {
+    double weighted[block_rows];
+    for (Index j = 0; j < m; ++j) {
+        const double* uj = u[j];
+        for (Index i = 0; i < rows; ++i) weighted[i] = a[i] * uj[i];
+        s[j] = dot1(weighted, uj, rows);
+    }
+}
+
+void dot_columns_block(const double* const* u, Index nu, const double* b, Index rows, double* out) {
+    Index j = 0;
+    for (; j + 4 <= nu; j += 4) dot4(b, u + j, rows, out + j);
+    for (; j < nu; ++j) out[j] = dot1(b, u[j], rows);
+}
+
+double masked_weighted_sum_block(const double* w, const double* h, const double* t, Index rows) {
+    using namespace Eigen::internal;
+    const Packet zero = pset1<Packet>(0.0);
+    Packet c0 = zero;
+    Packet c1 = zero;
+    Index i = 0;
+    for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+        const Packet h0 = ploadu<Packet>(h + i);
+        const Packet h1 = ploadu<Packet>(h + i + packet_size);
+        const Packet v0 = pmul(pmul(ploadu<Packet>(w + i), h0), ploadu<Packet>(t + i));
+        const Packet v1 = pmul(pmul(ploadu<Packet>(w + i + packet_size), h1), ploadu<Packet>(t + i + packet_size));
+        c0 = padd(c0, pselect(pcmp_lt(zero, h0), v0, zero));
+        c1 = padd(c1, pselect(pcmp_lt(zero, h1), v1, zero));
+    }
+    double tail = 0.0;
+    for (; i < rows; ++i)
+        if (h[i] > 0.0) tail += w[i] * h[i] * t[i];
+    return predux(padd(c0, c1)) + tail;
+}
+
+Matrix weighted_gram(const ConstMatrixRef& x, const ConstVectorRef& a) {
+    const Index n = x.rows();
+    const Index m = x.cols();
+    Matrix g = Matrix::Zero(m, m);
+    std::vector<std::vector<const double*>> scratch;
+    reduce_blocks(
+        n,
+        m * m,
+        scratch,
+        [&] { return std::vector<const double*>(static_cast<std::size_t>(m)); },
+        [&](Index b, double* slot, std::vector<const double*>& columns) {
+            const Index begin = block_begin(b);
+            for (Index j = 0; j < m; ++j) columns[static_cast<std::size_t>(j)] = x.data() + j * x.outerStride() + begin;
+            weighted_crossprod_block(a.data() + begin, columns.data(), block_size(b, n), m, m, slot);
+        },
+        [&](const double* slot, Index) { g += Eigen::Map<const Matrix>(slot, m, m); });
+    g.triangularView<Eigen::StrictlyLower>() = g.transpose();
+    return g;
+}
+
+void reserve_scratch(ExpertScratch& s, const Experts& experts) {
+    const Index q = experts.n_outputs();
+    s.residuals.resize(block_rows, q);
+    s.columns.resize(static_cast<std::size_t>(experts.n_inputs() + 1 + q));
+    s.weights.resize(static_cast<std::size_t>(block_rows));
+    s.buffer.resize(static_cast<std::size_t>(density_scratch_size(q)));
+}
+
+/// r = y − x̃ W for rows [begin, begin + rows) into `r` (rows×q, leading dimension ldr).
+void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
+    const Index q = w.cols();
+    const Index d = w.rows() - 1;
+    for (Index t = 0; t < q; ++t) {
+        double* rt = r + t * ldr;
+        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+        // The fitted mean x̃ W first (intercept, then the inputs in order), then y minus it: an
+        // exactly linear y gives residuals of exactly 0.
+        std::fill(rt, rt + rows, w(0, t));
+        for (Index l = 0; l < d; ++l) {
+            const double wl = w(l + 1, t);
+            const double* xl = data.x.data() + l * data.x.outerStride() + begin;
+            for (Index i = 0; i < rows; ++i) rt[i] += wl * xl[i];
+        }
+        for (Index i = 0; i < rows; ++i) rt[i] = yt[i] - rt[i];
+    }
+}
+
+void expert_log_densities_block(const Experts& experts,
+                                const Dataset& data,
+                                Index begin,
+                                Index rows,
+                                double* out,
+                                Index ld,
+                                ExpertScratch& scratch) {
+    const Index q = experts.n_outputs();
+    // Diagonal factors (and q = 1) need no off-diagonal substitution.
+    const bool diagonal = q == 1 || experts.covariance_type == CovarianceType::Diag ||
+                          experts.covariance_type == CovarianceType::Spherical;
+    for (Index k = 0; k < experts.n_experts(); ++k) {
+        const auto uk = static_cast<std::size_t>(k);
+        const Matrix& w = experts.coefficients[uk];
+        if (experts.kind == ExpertKind::Gaussian) {
+            // r = y − μ_k is formed inside the kernel (μ_k, 1×q, is contiguous).
+            gaussian_log_density_block(data.y.data() + begin,
+                                       data.y.outerStride(),
+                                       rows,
+                                       q,
+                                       w.data(),
+                                       experts.covariances[uk],
+                                       diagonal,
+                                       out + k * ld,
+                                       scratch.buffer.data());
+        } else {
+            linear_residuals_block(data, w, begin, rows, scratch.residuals.data(), scratch.residuals.outerStride());
+            gaussian_log_density_block(scratch.residuals.data(),
+                                       scratch.residuals.outerStride(),
+                                       rows,
+                                       q,
+                                       nullptr,
+                                       experts.covariances[uk],
+                                       diagonal,
+                                       out + k * ld,
+                                       scratch.buffer.data());
+        }
+    }
+}
+
 } // namespace detail
 
 std::string_view to_string(ExpertKind kind) {
@@ -40,15 +297,123 @@ Matrix design_of(ExpertKind kind, const Dataset& data) {
     return design;
 }
 
-/// Weighted least squares W = argmin Σ a_i ‖y_i − x̃_i W‖² via the normal equations
-/// (Cholesky); a rank-deficient design falls back to the minimum-norm solution.
-Matrix weighted_least_squares(const Matrix& design,
-                              const Matrix& y,
-                              const Vector& a,
-                              bool& rank_deficient) {
-    const Matrix gram = detail::weighted_gram(design, a);
-    const Matrix xa = design.array().colwise() * a.array();
-    const Matrix rhs = xa.transpose() * y;
+/// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
+void block_weights(const Dataset& data, const ConstMatrixRef& resp, Index k, Index begin, Index rows, double* a) {
+    const double* w = data.weights.data() + begin;
+    if (resp.cols() == 0) {
+        std::copy(w, w + rows, a);
+        return;
+    }
+    const double* h = resp.data() + k * resp.outerStride() + begin;
+    for (Index i = 0; i < rows; ++i) a[i] = w[i] * h[i];
+}
+
+/// The first pass of the M-step: for each of the K experts (K = resp.cols(), or one expert
+/// with weights w when resp has no columns) the (p+q)×(p+q) matrix [X̃ Y]ᵀ diag(a) [X̃ Y] with
+/// only its first p rows (upper part) computed: X̃ᵀAX̃ (p×p, upper) and X̃ᵀAY (p×q). Element
+/// (0, 0) is the effective size Σ_i a_i. Blocked, ordered reduction.
+std::vector<Matrix> normal_equations(ExpertKind kind, const Dataset& data, const ConstMatrixRef& resp, Index K) {
+    const Index n = data.n_samples();
+    const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
+    const Index p = d + 1;
+    const Index q = data.y.cols();
+    const Index m = p + q;
+    std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
+    std::vector<detail::ExpertScratch> scratch;
+    detail::reduce_blocks(
+        n,
+        K * m * m,
+        scratch,
+        [&] {
+            detail::ExpertScratch s;
+            s.columns.resize(static_cast<std::size_t>(m));
+            s.weights.resize(static_cast<std::size_t>(detail::block_rows));
+            return s;
+        },
+        [&](Index b, double* slot, detail::ExpertScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            s.columns[0] = detail::ones_column();
+            for (Index l = 0; l < d; ++l)
+                s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+            for (Index t = 0; t < q; ++t)
+                s.columns[static_cast<std::size_t>(p + t)] = data.y.data() + t * data.y.outerStride() + begin;
+            for (Index k = 0; k < K; ++k) {
+                block_weights(data, resp, k, begin, rows, s.weights.data());
+                detail::weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, m, p, slot + k * m * m);
+            }
+        },
+        [&](const double* slot, Index) {
+            for (Index k = 0; k < K; ++k) total[static_cast<std::size_t>(k)] += Eigen::Map<const Matrix>(slot + k * m * m, m, m);
+        });
+    return total;
+}
+
+/// The second pass: for each expert the weighted residual scatter Σ_i a_i r_i r_iᵀ (q×q,
+/// symmetric; only the diagonal when `diagonal_only`), r_i = y_i − x̃_i W_k, not normalised.
+std::vector<Matrix> residual_scatter(ExpertKind kind,
+                                     const Dataset& data,
+                                     const ConstMatrixRef& resp,
+                                     const std::vector<Matrix>& coefficients,
+                                     bool diagonal_only) {
+    const Index n = data.n_samples();
+    const Index K = static_cast<Index>(coefficients.size());
+    const Index q = data.y.cols();
+    std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(q, q));
+    std::vector<detail::ExpertScratch> scratch;
+    const Index slot_size = diagonal_only ? q : q * q;
+    detail::reduce_blocks(
+        n,
+        K * slot_size,
+        scratch,
+        [&] {
+            detail::ExpertScratch s;
+            s.residuals.resize(detail::block_rows, q);
+            s.columns.resize(static_cast<std::size_t>(q));
+            s.weights.resize(static_cast<std::size_t>(detail::block_rows));
+            return s;
+        },
+        [&](Index b, double* slot, detail::ExpertScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            double* r = s.residuals.data();
+            const Index ldr = s.residuals.outerStride();
+            for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(t)] = r + t * ldr;
+            for (Index k = 0; k < K; ++k) {
+                const Matrix& w = coefficients[static_cast<std::size_t>(k)];
+                if (kind == ExpertKind::Gaussian) {
+                    for (Index t = 0; t < q; ++t) {
+                        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+                        const double mu = w(0, t);
+                        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+                    }
+                } else {
+                    detail::linear_residuals_block(data, w, begin, rows, r, ldr);
+                }
+                block_weights(data, resp, k, begin, rows, s.weights.data());
+                if (diagonal_only)
+                    detail::weighted_sumsq_block(s.weights.data(), s.columns.data(), rows, q, slot + k * q);
+                else
+                    detail::weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, q, q, slot + k * q * q);
+            }
+        },
+        [&](const double* slot, Index) {
+            for (Index k = 0; k < K; ++k) {
+                Matrix& t = total[static_cast<std::size_t>(k)];
+                if (diagonal_only)
+                    t.diagonal() += Eigen::Map<const Vector>(slot + k * q, q);
+                else
+                    t += Eigen::Map<const Matrix>(slot + k * q * q, q, q);
+            }
+        });
+    if (!diagonal_only)
+        for (Matrix& t : total) t.triangularView<Eigen::StrictlyLower>() = t.transpose();
+    return total;
+}
+
+/// Weighted least squares from the normal equations G W = R (G = X̃ᵀAX̃, R = X̃ᵀAY) by
+/// Cholesky; a numerically singular G falls back to the minimum-norm solution.
+Matrix solve_normal_equations(const Matrix& gram, const Matrix& rhs, bool& rank_deficient) {
     Eigen::LLT<Matrix> llt(gram);
     if (llt.info() == Eigen::Success) {
         // Guard against a numerically singular Gram matrix that LLT still accepted.
@@ -60,9 +425,15 @@ Matrix weighted_least_squares(const Matrix& design,
     return cod.solve(rhs);
 }
 
-/// Weighted residual scatter Σ a_i r_i r_iᵀ (q×q), not normalised.
-Matrix weighted_scatter(const Matrix& residuals, const Vector& a) {
-    return detail::weighted_gram(residuals, a);
+/// Splits a normal_equations matrix into G (p×p, symmetric) and R (p×q).
+void split_normal_equations(const Matrix& ne, Index p, Matrix& gram, Matrix& rhs) {
+    gram = ne.topLeftCorner(p, p);
+    gram.triangularView<Eigen::StrictlyLower>() = gram.transpose();
+    rhs = ne.topRightCorner(p, ne.cols() - p);
+}
+
+bool diagonal_structure(CovarianceType type) {
+    return type == CovarianceType::Diag || type == CovarianceType::Spherical;
 }
 
 /// Applies the covariance structure and the ridge to per-expert scatter matrices S_k (already
@@ -111,12 +482,21 @@ Matrix expert_mean(const Experts& experts, const Dataset& data, Index k) {
 
 Matrix expert_log_densities(const Experts& experts, const Dataset& data) {
     const Index n = data.n_samples();
-    const Index K = experts.n_experts();
-    Matrix out(n, K);
-    for (Index k = 0; k < K; ++k) {
-        const Matrix residuals = data.y - expert_mean(experts, data, k);
-        out.col(k) = log_normal_density(residuals, experts.covariances[static_cast<std::size_t>(k)]);
-    }
+    Matrix out(n, experts.n_experts());
+    std::vector<detail::ExpertScratch> scratch;
+    detail::for_each_block(
+        n,
+        scratch,
+        [&] {
+            detail::ExpertScratch s;
+            detail::reserve_scratch(s, experts);
+            return s;
+        },
+        [&](Index b, detail::ExpertScratch& s) {
+            const Index begin = detail::block_begin(b);
+            detail::expert_log_densities_block(
+                experts, data, begin, detail::block_size(b, n), out.data() + begin, out.outerStride(), s);
+        });
     return out;
 }
 
@@ -140,36 +520,41 @@ ExpertUpdateReport update_experts(Experts& experts,
                                   const Dataset& data,
                                   const ConstMatrixRef& resp,
                                   const ExpertRegularization& reg) {
-    // n samples, p = d + 1 design columns, q targets, K experts.
+    // n samples, p = d + 1 design columns, q targets, K experts. Two blocked passes over the
+    // data: the normal equations of every expert, then the residual scatter around the new
+    // coefficients (two passes: the one-pass Σ a y yᵀ − n ȳ ȳᵀ cancels catastrophically).
     const Index K = experts.n_experts();
     const Index q = data.y.cols();
-    const Matrix design = design_of(experts.kind, data);
-    const Index p = design.cols();
+    const Index p = experts.kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
     const double threshold =
         reg.min_expert_size > 0.0 ? reg.min_expert_size : static_cast<double>(p + 1);
     const Vector ridge = ridge_of(reg, q);
 
     ExpertUpdateReport report;
     std::vector<Matrix> coefficients = experts.coefficients;
-    std::vector<Matrix> scatter(static_cast<std::size_t>(K)); // S_k, divided by n_k
     Vector nk(K);
     std::vector<bool> update(static_cast<std::size_t>(K), false);
 
+    const std::vector<Matrix> normal = normal_equations(experts.kind, data, resp, K);
+    Matrix gram;
+    Matrix rhs;
     for (Index k = 0; k < K; ++k) {
         const auto uk = static_cast<std::size_t>(k);
-        const Vector a = data.weights.cwiseProduct(resp.col(k));
-        nk(k) = a.sum();
+        nk(k) = normal[uk](0, 0);
         if (nk(k) >= threshold && std::isfinite(nk(k))) {
             bool deficient = false;
-            coefficients[uk] = weighted_least_squares(design, data.y, a, deficient);
+            split_normal_equations(normal[uk], p, gram, rhs);
+            coefficients[uk] = solve_normal_equations(gram, rhs, deficient);
             report.rank_deficient = report.rank_deficient || deficient;
             update[uk] = coefficients[uk].allFinite();
             if (!update[uk]) coefficients[uk] = experts.coefficients[uk];
         }
         if (!update[uk]) report.kept.push_back(k);
-        const Matrix residuals = data.y - design * coefficients[uk];
-        scatter[uk] = weighted_scatter(residuals, a) / std::max(nk(k), 1e-300);
     }
+    // S_k, divided by n_k.
+    std::vector<Matrix> scatter =
+        residual_scatter(experts.kind, data, resp, coefficients, diagonal_structure(experts.covariance_type));
+    for (Index k = 0; k < K; ++k) scatter[static_cast<std::size_t>(k)] /= std::max(nk(k), 1e-300);
 
     std::vector<CovarianceFactor> covariances = experts.covariances;
     if (experts.covariance_type == CovarianceType::Tied) {
@@ -212,13 +597,18 @@ Experts initial_experts(ExpertKind kind,
                         const ExpertRegularization& reg) {
     const Index K = resp.cols();
     const Index q = data.y.cols();
-    const Matrix design = design_of(kind, data);
     // Start every expert at the pooled fit of all data, then let the M-step move the ones
-    // that have enough responsibility mass.
+    // that have enough responsibility mass. (resp with no columns: weights w_i alone.)
+    const Index p = kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
+    const Matrix no_resp(data.n_samples(), 0);
+    const std::vector<Matrix> normal = normal_equations(kind, data, no_resp, 1);
+    Matrix gram;
+    Matrix rhs;
+    split_normal_equations(normal[0], p, gram, rhs);
     bool deficient = false;
-    const Matrix pooled = weighted_least_squares(design, data.y, data.weights, deficient);
-    const Matrix residuals = data.y - design * pooled;
-    const Matrix s = weighted_scatter(residuals, data.weights) / data.weights.sum();
+    const Matrix pooled = solve_normal_equations(gram, rhs, deficient);
+    const Matrix s = residual_scatter(kind, data, no_resp, {pooled}, diagonal_structure(type))[0] /
+                     data.weights.sum();
     const CovarianceFactor f =
         factor_or_throw(structured(type, s, ridge_of(reg, q)), "initial_experts", "the pooled covariance");
     Experts experts;

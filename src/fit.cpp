@@ -55,6 +55,26 @@ void validate(const FitOptions& o, const char* function) {
         throw_invalid_argument(function, "restarts (--restarts)", std::to_string(o.restarts), "must be >= 1");
     if (o.kmeans_iter < 0)
         throw_invalid_argument(function, "kmeans_iter (--kmeans-iter)", std::to_string(o.kmeans_iter), "must be >= 0");
+    if (o.gate == GateKind::Tree) {
+        if (o.tree.empty())
+            throw_invalid_argument(function, "tree (--tree)", "empty", "a tree gate needs its shape",
+                                   "Give the children per level, e.g. --tree 2x2.");
+        Index product = 1;
+        for (Index b : o.tree) {
+            if (b < 2)
+                throw_invalid_argument(function, "tree (--tree)", format_tree_shape(o.tree),
+                                       "every level must have at least 2 children");
+            product *= b;
+        }
+        if (product != o.n_experts)
+            throw_invalid_argument(function, "n_experts (--experts)", std::to_string(o.n_experts),
+                                   "must equal the number of leaves of the tree " + format_tree_shape(o.tree) +
+                                       " (" + std::to_string(product) + ")",
+                                   "Omit --experts or make it match --tree.");
+    } else if (!o.tree.empty()) {
+        throw_invalid_argument(function, "tree (--tree)", format_tree_shape(o.tree), "is only used with a tree gate",
+                               "Add --gate tree or drop --tree.");
+    }
     const auto& r = o.regularization;
     if (!(r.reg_covar >= 0.0) || !std::isfinite(r.reg_covar))
         throw_invalid_argument(function, "reg_covar (--reg-covar)", num(r.reg_covar), "must be finite and >= 0");
@@ -74,7 +94,7 @@ namespace {
 Matrix clustering_features(const Dataset& data, const FitOptions& options) {
     std::vector<const Matrix*> blocks{&data.y};
     if (options.expert == ExpertKind::Linear) blocks.push_back(&data.x);
-    if (options.gate == GateKind::Softmax && options.expert == ExpertKind::Gaussian) blocks.push_back(&data.z);
+    if (options.gate != GateKind::Constant && options.expert == ExpertKind::Gaussian) blocks.push_back(&data.z);
     Index cols = 0;
     for (const Matrix* b : blocks) cols += b->cols();
     Matrix f(data.n_samples(), cols);
@@ -262,7 +282,8 @@ Model initialize(const Dataset& data, const FitOptions& options, Rng& rng) {
         model.gate = ConstantGate{nk / nk.sum()};
     } else {
         model.gate_input_names = data.gate_input_names;
-        Gate gate = SoftmaxGate{Matrix::Zero(data.z.cols() + 1, K)};
+        Gate gate = options.gate == GateKind::Tree ? Gate{make_tree_gate(options.tree, data.z.cols())}
+                                                   : Gate{SoftmaxGate{Matrix::Zero(data.z.cols() + 1, K)}};
         update_gate(gate, data, resp, options.gate_options);
         model.gate = std::move(gate);
     }
@@ -332,6 +353,10 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
             result.converged = true;
             break;
         }
+        if (options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, it, current})) {
+            result.interrupted = true;
+            break;
+        }
     }
     result.model = std::move(model);
     result.log_likelihood = current;
@@ -345,10 +370,16 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
     validate(data, fn);
     const Index n = data.n_samples();
     if (data.y.cols() < 1) throw_invalid_argument(fn, "the number of targets", "0", "must be >= 1", "Name target columns with --target.");
+    for (const std::string& target : data.target_names) {
+        const bool input = std::find(data.input_names.begin(), data.input_names.end(), target) != data.input_names.end();
+        if (input || std::find(data.gate_input_names.begin(), data.gate_input_names.end(), target) != data.gate_input_names.end())
+            throw_invalid_argument(fn, "the target '" + target + "'", input ? "also an expert input" : "also a gate input",
+                                   "a target cannot explain itself", "Remove it from the inputs.");
+    }
     if (options.expert == ExpertKind::Linear && data.x.cols() < 1)
         throw_invalid_argument(fn, "the number of expert inputs", "0", "linear experts need at least one", "Name input columns with --inputs.");
-    if (options.gate == GateKind::Softmax && data.z.cols() < 1)
-        throw_invalid_argument(fn, "the number of gate inputs", "0", "a softmax gate needs at least one", "Name gate input columns with --gate-inputs (or --inputs).");
+    if (options.gate != GateKind::Constant && data.z.cols() < 1)
+        throw_invalid_argument(fn, "the number of gate inputs", "0", "a softmax or tree gate needs at least one", "Name gate input columns with --gate-inputs (or --inputs).");
     if (options.n_experts > n)
         throw_invalid_argument(fn, "n_experts (--experts)", std::to_string(options.n_experts),
                                "must not exceed the number of samples (" + std::to_string(n) + ")",
@@ -362,7 +393,8 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         validate(*warm_start, fn);
         check_compatible(*warm_start, data, true, fn);
         if (warm_start->n_experts() != options.n_experts || warm_start->experts.kind != options.expert ||
-            warm_start->experts.covariance_type != options.covariance || gate_kind(warm_start->gate) != options.gate)
+            warm_start->experts.covariance_type != options.covariance || gate_kind(warm_start->gate) != options.gate ||
+            (options.gate == GateKind::Tree && std::get<TreeGate>(warm_start->gate).branching != options.tree))
             throw_invalid_argument(fn, "the warm-start model", "of a different kind",
                                    "must match --experts, --expert, --covariance and --gate",
                                    "Use the same model options as the model file.");
@@ -379,10 +411,16 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         Model init = (r == 0 && warm_start) ? *warm_start : initialize(data, opts, rng);
         FitResult candidate = fit_em(data, std::move(init), opts, r);
         finals.push_back(candidate.log_likelihood);
+        const bool interrupted = candidate.interrupted;
         if (std::isfinite(candidate.log_likelihood) && (!have_best || candidate.log_likelihood > best.log_likelihood)) {
             best = std::move(candidate);
             best.best_restart = r;
             have_best = true;
+        }
+        if (interrupted) {
+            best.interrupted = true;
+            best.converged = false;
+            break;
         }
     }
     if (!have_best)
@@ -398,7 +436,10 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
     for (const auto& item : best.interventions)
         best.warnings.push_back("start " + std::to_string(item.restart + 1) + ", iteration " +
                                 std::to_string(item.iteration) + ": " + item.message);
-    if (!best.converged)
+    if (best.interrupted)
+        best.warnings.push_back("the fit was interrupted after start " + std::to_string(best.restart_log_likelihoods.size()) +
+                                " of " + std::to_string(opts.restarts) + "; the best model so far is returned");
+    else if (!best.converged)
         best.warnings.push_back("EM did not converge in " + std::to_string(best.iterations) +
                                 " iterations (--max-iter " + std::to_string(opts.max_iter) + ", --tol " +
                                 format_number(opts.tol) + "); raise --max-iter or --tol");

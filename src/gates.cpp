@@ -1,28 +1,38 @@
 #include "moekit/gates.hpp"
 
+#include "blocks.hpp"
 #include "detail.hpp"
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <limits>
 
 namespace moekit {
 
 std::string_view to_string(GateKind kind) {
-    return kind == GateKind::Constant ? "constant" : "softmax";
+    switch (kind) {
+    case GateKind::Constant: return "constant";
+    case GateKind::Softmax: return "softmax";
+    case GateKind::Tree: return "tree";
+    }
+    return "?";
 }
 
 GateKind parse_gate_kind(std::string_view text) {
     const std::string t = detail::lower_case(text);
     if (t == "constant") return GateKind::Constant;
     if (t == "softmax") return GateKind::Softmax;
+    if (t == "tree") return GateKind::Tree;
     throw_invalid_argument(
-        "parse_gate_kind", "gate", "'" + std::string(text) + "'", "must be constant or softmax");
+        "parse_gate_kind", "gate", "'" + std::string(text) + "'", "must be constant, softmax or tree");
 }
 
 GateKind gate_kind(const Gate& gate) {
-    return std::holds_alternative<ConstantGate>(gate) ? GateKind::Constant : GateKind::Softmax;
+    if (std::holds_alternative<ConstantGate>(gate)) return GateKind::Constant;
+    if (std::holds_alternative<SoftmaxGate>(gate)) return GateKind::Softmax;
+    return GateKind::Tree;
 }
 
 Matrix gate_design(const Dataset& data) {
@@ -53,37 +63,40 @@ Matrix from_free(const Vector& theta, Index rows, Index K) {
     return v;
 }
 
-GateUpdateReport update_softmax(SoftmaxGate& gate,
-                                const Dataset& data,
-                                const ConstMatrixRef& resp,
+/// IRLS/Newton steps on one softmax: maximises Σ_i a_i Σ_c t_ic log softmax(Vᵀ z̃_i)_c − penalty
+/// over the free columns 1.. of V, with step halving so the objective never decreases.
+GateUpdateReport newton_softmax(Matrix& coefficients,
+                                const Matrix& design,
+                                const Vector& weights,
+                                const Matrix& targets,
                                 const GateOptions& options) {
     GateUpdateReport report;
-    const Index K = gate.coefficients.cols();
-    const Index rows = gate.coefficients.rows();
-    const Matrix design = gate_design(data);
+    const Index K = coefficients.cols();
+    const Index rows = coefficients.rows();
+    SoftmaxGate gate{coefficients};
     Vector gradient;
     Matrix hessian;
     double current =
-        softmax_gate_objective(gate, design, data.weights, resp, options.gate_l2, &gradient, &hessian);
+        softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
     report.objective = current;
     if (K == 1) return report;
     for (int step = 0; step < options.newton_steps; ++step) {
         // Newton direction: (−H) Δ = ∇. −H is positive semidefinite; LDLT copes with the
-        // semidefinite case (an expert with no mass anywhere), and a failure falls back to
-        // the gradient direction.
+        // semidefinite case (a child with no mass anywhere), and a failure falls back to the
+        // gradient direction.
         Eigen::LDLT<Matrix> ldlt(-hessian);
         Vector direction = ldlt.solve(gradient);
         if (ldlt.info() != Eigen::Success || !direction.allFinite() || gradient.dot(direction) <= 0.0)
             direction = gradient;
         // Stop when the predicted increase ½ ∇ᵀΔ is at round-off level.
         if (0.5 * gradient.dot(direction) <= 1e-13 * (1.0 + std::abs(current))) break;
-        Eigen::Map<const Vector> theta0(gate.coefficients.rightCols(K - 1).data(), rows * (K - 1));
-        const Vector base = theta0;
+        const Matrix free = gate.coefficients.rightCols(K - 1);
+        const Vector base = Eigen::Map<const Vector>(free.data(), rows * (K - 1));
         double t = 1.0;
         bool accepted = false;
         for (int halving = 0; halving <= 30; ++halving) {
             SoftmaxGate trial{from_free(base + t * direction, rows, K)};
-            const double value = softmax_gate_objective(trial, design, data.weights, resp, options.gate_l2);
+            const double value = softmax_gate_objective(trial, design, weights, targets, options.gate_l2);
             if (std::isfinite(value) && value >= current) {
                 gate = std::move(trial);
                 accepted = value > current;
@@ -98,10 +111,79 @@ GateUpdateReport update_softmax(SoftmaxGate& gate,
             break;
         }
         ++report.newton_steps;
-        current = softmax_gate_objective(gate, design, data.weights, resp, options.gate_l2, &gradient, &hessian);
+        current = softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
     }
     report.objective = current;
+    coefficients = std::move(gate.coefficients);
     return report;
+}
+
+/// Leaves under one node of depth l: Π_{m>=l} branching[m].
+Index leaves_below(const std::vector<Index>& branching, std::size_t depth) {
+    Index span = 1;
+    for (std::size_t m = depth; m < branching.size(); ++m) span *= branching[m];
+    return span;
+}
+
+/// Walks the internal nodes breadth-first, calling f(node, depth, position, first_leaf, span).
+template <class F> void for_each_node(const std::vector<Index>& branching, F&& f) {
+    Index node = 0;
+    Index count = 1;
+    for (std::size_t l = 0; l < branching.size(); ++l) {
+        const Index span = leaves_below(branching, l);
+        for (Index p = 0; p < count; ++p, ++node) f(node, static_cast<Index>(l), p, p * span, span);
+        count *= branching[l];
+    }
+}
+
+/// Leaf log-probabilities of a tree: the downward pass, summing log-softmax along each path.
+Matrix tree_log_probabilities(const TreeGate& tree, const Matrix& design) {
+    const Index n = design.rows();
+    Matrix log_path = Matrix::Zero(n, 1); // nodes of the current depth
+    Index node = 0;
+    for (std::size_t l = 0; l < tree.branching.size(); ++l) {
+        const Index b = tree.branching[l];
+        Matrix next(n, log_path.cols() * b);
+        for (Index p = 0; p < log_path.cols(); ++p, ++node) {
+            const Matrix local = softmax_log_probabilities(tree.nodes[static_cast<std::size_t>(node)], design);
+            for (Index c = 0; c < b; ++c) next.col(p * b + c) = log_path.col(p) + local.col(c);
+        }
+        log_path = std::move(next);
+    }
+    return log_path;
+}
+
+/// Upward pass: log posterior of each node's subtree, log Σ_{k under node} h_ik, from log h.
+Vector log_subtree(const Matrix& log_resp, Index first_leaf, Index span) {
+    return log_sum_exp_rows(log_resp.middleCols(first_leaf, span));
+}
+
+GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
+    const Matrix design = gate_design(data);
+    const Matrix log_resp = resp.array().log().matrix();
+    GateUpdateReport total;
+    for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
+        // Each node's softmax is refitted on its soft targets, the posterior of each child given
+        // the node, h_child / h_node (computed in log space), weighted by w_i h_node,i.
+        const Index b = tree.branching[static_cast<std::size_t>(depth)];
+        const Index child_span = span / b;
+        const Vector log_node = log_subtree(log_resp, first, span);
+        Matrix targets(design.rows(), b);
+        for (Index c = 0; c < b; ++c) {
+            const Vector log_child = log_subtree(log_resp, first + c * child_span, child_span);
+            targets.col(c) = (log_child - log_node).array().exp().matrix();
+        }
+        Vector weights = data.weights.cwiseProduct(log_node.array().exp().matrix());
+        for (Index i = 0; i < design.rows(); ++i)
+            if (!std::isfinite(log_node(i))) targets.row(i).setConstant(1.0 / static_cast<double>(b));
+        const GateUpdateReport r =
+            newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, weights, targets, options);
+        total.newton_steps += r.newton_steps;
+        total.step_halvings += r.step_halvings;
+        total.stalled = total.stalled || r.stalled;
+        total.objective += r.objective;
+    });
+    return total;
 }
 
 } // namespace
@@ -114,33 +196,111 @@ double softmax_gate_objective(const SoftmaxGate& gate,
                               Vector* gradient,
                               Matrix* hessian) {
     // n samples, m = g + 1 design columns, K experts; free parameters are columns 1..K−1.
+    // One blocked pass over the samples (blocks.hpp): per block the log-softmax of z̃ V, the
+    // objective, the gradient Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks
+    // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ (k <= l); block partials added in block order.
+    const Index n = design.rows();
     const Index K = gate.coefficients.cols();
     const Index m = design.cols();
-    const Matrix log_g = softmax_log_probabilities(gate.coefficients, design);
-    // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
+    const Index F = K - 1;
+    const Index pairs = F * (F + 1) / 2;
+    const bool want_gradient = gradient != nullptr || hessian != nullptr;
+    const Index grad_size = gradient ? m * F : 0;
+    const Index hess_size = hessian ? pairs * m * m : 0;
+    const Matrix& v = gate.coefficients;
+    struct Scratch {
+        Matrix log_g;                       ///< block_rows × K
+        Matrix g;                           ///< block_rows × K (gradient or Hessian)
+        std::vector<double> coef;           ///< block_rows
+        std::vector<double> norm;           ///< block_rows
+        std::vector<const double*> columns; ///< the m design columns of the block
+    };
     double value = 0.0;
-    for (Index k = 0; k < K; ++k)
-        for (Index i = 0; i < design.rows(); ++i)
-            if (resp(i, k) > 0.0) value += weights(i) * resp(i, k) * log_g(i, k);
-    value -= penalty_of(gate.coefficients, gate_l2);
-    if (!gradient && !hessian) return value;
-
-    const Matrix g = log_g.array().exp().matrix();
+    Matrix grad = Matrix::Zero(m, F);
+    std::vector<Matrix> blocks(static_cast<std::size_t>(hessian ? pairs : 0), Matrix::Zero(m, m));
+    std::vector<Scratch> scratch;
+    detail::reduce_blocks(
+        n,
+        1 + grad_size + hess_size,
+        scratch,
+        [&] {
+            Scratch s;
+            s.log_g.resize(detail::block_rows, K);
+            if (want_gradient) s.g.resize(detail::block_rows, K);
+            s.coef.resize(static_cast<std::size_t>(detail::block_rows));
+            s.norm.resize(static_cast<std::size_t>(detail::block_rows));
+            s.columns.resize(static_cast<std::size_t>(m));
+            return s;
+        },
+        [&](Index b, double* slot, Scratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            for (Index j = 0; j < m; ++j)
+                s.columns[static_cast<std::size_t>(j)] = design.data() + j * design.outerStride() + begin;
+            const double* w = weights.data() + begin;
+            const Index ld = s.log_g.outerStride();
+            // Scores z̃_i V, then their row log-softmax.
+            for (Index k = 0; k < K; ++k) {
+                double* sk = s.log_g.data() + k * ld;
+                std::fill(sk, sk + rows, 0.0);
+                for (Index j = 0; j < m; ++j) {
+                    const double vjk = v(j, k);
+                    const double* dj = s.columns[static_cast<std::size_t>(j)];
+                    for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
+                }
+            }
+            detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
+            // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
+            for (Index k = 0; k < K; ++k)
+                slot[0] += detail::masked_weighted_sum_block(
+                    w, resp.data() + k * resp.outerStride() + begin, s.log_g.data() + k * ld, rows);
+            if (!want_gradient) return;
+            const Index ldg = s.g.outerStride();
+            for (Index k = 0; k < K; ++k) detail::exp_block(s.log_g.data() + k * ld, rows, s.g.data() + k * ldg);
+            double* c = s.coef.data();
+            if (gradient) {
+                for (Index k = 1; k < K; ++k) {
+                    const double* h = resp.data() + k * resp.outerStride() + begin;
+                    const double* gk = s.g.data() + k * ldg;
+                    for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
+                    detail::dot_columns_block(s.columns.data(), m, c, rows, slot + 1 + (k - 1) * m);
+                }
+            }
+            if (hessian) {
+                double* h_slot = slot + 1 + grad_size;
+                Index pair = 0;
+                for (Index k = 1; k < K; ++k) {
+                    const double* gk = s.g.data() + k * ldg;
+                    for (Index l = k; l < K; ++l, ++pair) {
+                        const double* gl = s.g.data() + l * ldg;
+                        if (l == k)
+                            for (Index i = 0; i < rows; ++i) c[i] = -w[i] * gk[i] * (1.0 - gl[i]);
+                        else
+                            for (Index i = 0; i < rows; ++i) c[i] = w[i] * gk[i] * gl[i];
+                        detail::weighted_crossprod_block(c, s.columns.data(), rows, m, m, h_slot + pair * m * m);
+                    }
+                }
+            }
+        },
+        [&](const double* slot, Index) {
+            value += slot[0];
+            if (gradient) grad += Eigen::Map<const Matrix>(slot + 1, m, F);
+            for (Index p = 0; p < static_cast<Index>(blocks.size()); ++p)
+                blocks[static_cast<std::size_t>(p)] += Eigen::Map<const Matrix>(slot + 1 + grad_size + p * m * m, m, m);
+        });
+    value -= penalty_of(v, gate_l2);
     if (gradient) {
-        const Matrix diff = (resp - g).array().colwise() * weights.array();
-        Matrix grad = design.transpose() * diff; // m×K
-        if (m > 1) grad.bottomRows(m - 1) -= gate_l2 * gate.coefficients.bottomRows(m - 1);
-        const Matrix free = grad.rightCols(K - 1);
-        *gradient = Eigen::Map<const Vector>(free.data(), m * (K - 1));
+        if (m > 1) grad.bottomRows(m - 1) -= gate_l2 * v.rightCols(F).bottomRows(m - 1);
+        *gradient = Eigen::Map<const Vector>(grad.data(), m * F);
     }
     if (hessian) {
-        const Index P = m * (K - 1);
-        hessian->setZero(P, P);
+        const Index P = m * F;
+        hessian->resize(P, P);
+        Index pair = 0;
         for (Index k = 1; k < K; ++k) {
-            for (Index l = k; l < K; ++l) {
-                Vector a = -weights.cwiseProduct(g.col(k)).cwiseProduct(
-                    (k == l ? 1.0 : 0.0) * Vector::Ones(g.rows()) - g.col(l));
-                const Matrix block = detail::weighted_gram(design, a);
+            for (Index l = k; l < K; ++l, ++pair) {
+                Matrix& block = blocks[static_cast<std::size_t>(pair)];
+                block.triangularView<Eigen::StrictlyLower>() = block.transpose();
                 hessian->block((k - 1) * m, (l - 1) * m, m, m) = block;
                 if (l != k) hessian->block((l - 1) * m, (k - 1) * m, m, m) = block.transpose();
             }
@@ -158,8 +318,10 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
             if constexpr (std::is_same_v<T, ConstantGate>) {
                 const RowVector log_w = g.weights.array().log().matrix().transpose();
                 return log_w.replicate(n, 1);
-            } else {
+            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return softmax_log_probabilities(g.coefficients, gate_design(data));
+            } else {
+                return tree_log_probabilities(g, gate_design(data));
             }
         },
         gate);
@@ -176,8 +338,10 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
                 GateUpdateReport report;
                 report.objective = nk.dot(g.weights.array().log().matrix());
                 return report;
+            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
+                return newton_softmax(g.coefficients, gate_design(data), data.weights, resp, options);
             } else {
-                return update_softmax(g, data, resp, options);
+                return update_tree(g, data, resp, options);
             }
         },
         gate);
@@ -185,17 +349,25 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
 
 double gate_penalty(const Gate& gate, double gate_l2) {
     if (const auto* s = std::get_if<SoftmaxGate>(&gate)) return penalty_of(s->coefficients, gate_l2);
-    return 0.0;
+    double total = 0.0;
+    if (const auto* t = std::get_if<TreeGate>(&gate))
+        for (const Matrix& v : t->nodes) total += penalty_of(v, gate_l2);
+    return total;
 }
 
 Index n_parameters(const Gate& gate) {
     return std::visit(
         [](const auto& g) -> Index {
             using T = std::decay_t<decltype(g)>;
-            if constexpr (std::is_same_v<T, ConstantGate>)
+            if constexpr (std::is_same_v<T, ConstantGate>) {
                 return g.weights.size() - 1;
-            else
+            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return (g.coefficients.cols() - 1) * g.coefficients.rows();
+            } else {
+                Index p = 0;
+                for (const Matrix& v : g.nodes) p += (v.cols() - 1) * v.rows();
+                return p;
+            }
         },
         gate);
 }
@@ -204,12 +376,190 @@ Index n_experts(const Gate& gate) {
     return std::visit(
         [](const auto& g) -> Index {
             using T = std::decay_t<decltype(g)>;
-            if constexpr (std::is_same_v<T, ConstantGate>)
+            if constexpr (std::is_same_v<T, ConstantGate>) {
                 return g.weights.size();
-            else
+            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return g.coefficients.cols();
+            } else {
+                return leaves_below(g.branching, 0);
+            }
         },
         gate);
+}
+
+std::vector<Index> parse_tree_shape(std::string_view text) {
+    auto fail = [&](const std::string& why) {
+        throw_invalid_argument("parse_tree_shape", "tree (--tree)", "'" + std::string(text) + "'", why,
+                               "Write the children per level separated by 'x', e.g. 2x3.");
+    };
+    std::vector<Index> out;
+    Index experts = 1;
+    std::size_t start = 0;
+    while (true) {
+        const std::size_t end = text.find_first_of("xX", start);
+        const std::string_view part = text.substr(start, end == std::string_view::npos ? text.npos : end - start);
+        Index value = 0;
+        const auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), value);
+        if (part.empty() || ec != std::errc() || ptr != part.data() + part.size())
+            fail("must be whole numbers separated by 'x'");
+        if (value < 2) fail("every level must have at least 2 children");
+        // Checked before multiplying: a huge factor would overflow the product (UB, and a wrapped
+        // product can look small).
+        if (value > 4096) fail("must give at most 4096 experts");
+        out.push_back(value);
+        experts *= value;
+        if (out.size() > 16) fail("must have at most 16 levels");
+        if (experts > 4096) fail("must give at most 4096 experts");
+        if (end == std::string_view::npos) break;
+        start = end + 1;
+    }
+    return out;
+}
+
+std::string format_tree_shape(const std::vector<Index>& branching) {
+    std::string out;
+    for (std::size_t l = 0; l < branching.size(); ++l) out += (l ? "x" : "") + std::to_string(branching[l]);
+    return out;
+}
+
+Index tree_n_nodes(const std::vector<Index>& branching) {
+    Index nodes = 0;
+    Index count = 1;
+    for (Index b : branching) {
+        nodes += count;
+        count *= b;
+    }
+    return nodes;
+}
+
+std::vector<Index> tree_node_depths(const std::vector<Index>& branching) {
+    std::vector<Index> depths;
+    for_each_node(branching, [&](Index, Index depth, Index, Index, Index) { depths.push_back(depth); });
+    return depths;
+}
+
+TreeGate make_tree_gate(const std::vector<Index>& branching, Index n_gate_inputs) {
+    TreeGate tree;
+    tree.branching = branching;
+    for (Index depth : tree_node_depths(branching))
+        tree.nodes.push_back(Matrix::Zero(n_gate_inputs + 1, branching[static_cast<std::size_t>(depth)]));
+    return tree;
+}
+
+std::vector<Matrix> gate_gradient(const Gate& gate, const Dataset& data, const ConstMatrixRef& resp, double gate_l2) {
+    const Index K = resp.cols();
+    if (const auto* c = std::get_if<ConstantGate>(&gate)) {
+        // Logits a_k = log π_k − log π_1: ∂L/∂a_k = Σ_i w_i (h_ik − π_k).
+        const Vector nk = resp.transpose() * data.weights;
+        Matrix g = (nk - data.weights.sum() * c->weights).transpose();
+        g(0, 0) = 0.0;
+        return {g};
+    }
+    const Matrix design = gate_design(data);
+    auto node_gradient = [&](const Matrix& v, const Matrix& log_g, const Vector& node_post, const Matrix& child_post) {
+        // Σ_i w_i z̃_i (h_child − h_node g(c | node)) − λ V (slopes), column 0 pinned.
+        Matrix diff = child_post - (log_g.array().exp().colwise() * node_post.array()).matrix();
+        diff = (diff.array().colwise() * data.weights.array()).matrix();
+        Matrix grad = design.transpose() * diff;
+        if (grad.rows() > 1) grad.bottomRows(grad.rows() - 1) -= gate_l2 * v.bottomRows(v.rows() - 1);
+        grad.col(0).setZero();
+        return grad;
+    };
+    if (const auto* s = std::get_if<SoftmaxGate>(&gate))
+        return {node_gradient(s->coefficients, softmax_log_probabilities(s->coefficients, design),
+                              Vector::Ones(design.rows()), Matrix(resp))};
+    const TreeGate& tree = std::get<TreeGate>(gate);
+    std::vector<Matrix> out;
+    for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
+        const Index b = tree.branching[static_cast<std::size_t>(depth)];
+        const Index child_span = span / b;
+        const Vector node_post = resp.middleCols(first, span).rowwise().sum();
+        Matrix child_post(design.rows(), b);
+        for (Index c = 0; c < b; ++c) child_post.col(c) = resp.middleCols(first + c * child_span, child_span).rowwise().sum();
+        const Matrix& v = tree.nodes[static_cast<std::size_t>(node)];
+        out.push_back(node_gradient(v, softmax_log_probabilities(v, design), node_post, child_post));
+    });
+    (void)K;
+    return out;
+}
+
+Eigen::VectorXi route_hard(const Gate& gate, const Dataset& data) {
+    const Index n = data.n_samples();
+    Eigen::VectorXi out(n);
+    const auto* tree = std::get_if<TreeGate>(&gate);
+    if (!tree) {
+        const Matrix log_g = gate_log_probabilities(gate, data);
+        for (Index i = 0; i < n; ++i) {
+            Index best = 0;
+            log_g.row(i).maxCoeff(&best);
+            out(i) = static_cast<int>(best);
+        }
+        return out;
+    }
+    // Follow the largest score at each node: only depth-many gates are evaluated per sample.
+    const Matrix design = gate_design(data);
+    for (Index i = 0; i < n; ++i) {
+        Index node = 0;     // breadth-first index of the current node
+        Index position = 0; // its position within its depth
+        Index first_at_depth = 0;
+        Index count = 1;
+        for (std::size_t l = 0; l < tree->branching.size(); ++l) {
+            const Matrix& v = tree->nodes[static_cast<std::size_t>(node)];
+            Index best = 0;
+            (design.row(i) * v).maxCoeff(&best);
+            position = position * tree->branching[l] + best;
+            first_at_depth += count;
+            count *= tree->branching[l];
+            node = first_at_depth + position;
+        }
+        out(i) = static_cast<int>(position);
+    }
+    return out;
+}
+
+std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp) {
+    const Matrix design = gate_design(data);
+    const Matrix log_leaf = tree_log_probabilities(tree, design);
+    Eigen::VectorXi soft_best(design.rows());
+    for (Index i = 0; i < design.rows(); ++i) {
+        Index best = 0;
+        log_leaf.row(i).maxCoeff(&best);
+        soft_best(i) = static_cast<int>(best);
+    }
+    const Eigen::VectorXi hard = route_hard(tree, data);
+    std::vector<TreeNodeDiagnostics> out;
+    for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
+        const Index b = tree.branching[static_cast<std::size_t>(depth)];
+        const Index child_span = span / b;
+        const Matrix& v = tree.nodes[static_cast<std::size_t>(node)];
+        const Matrix log_g = softmax_log_probabilities(v, design);
+        const Vector node_post = resp.middleCols(first, span).rowwise().sum();
+        TreeNodeDiagnostics d;
+        d.node = node;
+        d.depth = depth;
+        d.responsibility_mass = data.weights.dot(node_post);
+        double entropy_weight = 0.0, entropy = 0.0, routed = 0.0, differ = 0.0;
+        for (Index i = 0; i < design.rows(); ++i) {
+            const double a = data.weights(i) * node_post(i);
+            double h = 0.0;
+            for (Index c = 0; c < b; ++c)
+                if (std::isfinite(log_g(i, c))) h -= std::exp(log_g(i, c)) * log_g(i, c);
+            entropy += a * h;
+            entropy_weight += a;
+            if (hard(i) >= first && hard(i) < first + span) {
+                routed += data.weights(i);
+                const bool same_child = (hard(i) - first) / child_span ==
+                                        (soft_best(i) >= first && soft_best(i) < first + span
+                                             ? (soft_best(i) - first) / child_span
+                                             : -1);
+                if (!same_child) differ += data.weights(i);
+            }
+        }
+        d.gate_entropy = entropy_weight > 0.0 ? entropy / entropy_weight : 0.0;
+        d.disagreement = routed > 0.0 ? differ / routed : 0.0;
+        out.push_back(d);
+    });
+    return out;
 }
 
 } // namespace moekit

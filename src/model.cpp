@@ -3,26 +3,139 @@
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
+#include "blocks.hpp"
+
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 namespace moekit {
 
+namespace {
+
+/// Per-thread work space of the blocked E-step.
+struct JointScratch {
+    detail::ExpertScratch experts;
+    Matrix gate;  ///< block_rows × K gate log-probabilities (softmax gate)
+    Matrix joint; ///< block_rows × K (log_likelihood_samples)
+};
+
+JointScratch make_joint_scratch(const Model& model) {
+    JointScratch s;
+    detail::reserve_scratch(s.experts, model.experts);
+    if (std::holds_alternative<SoftmaxGate>(model.gate)) s.gate.resize(detail::block_rows, model.n_experts());
+    return s;
+}
+
+/// log g_k(z_i) of the whole data for gates without a blocked kernel here (tree gates); empty
+/// for the constant and softmax gates, which are computed block by block.
+Matrix unblocked_gate(const Model& model, const Dataset& data) {
+    if (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate))
+        return Matrix();
+    return gate_log_probabilities(model.gate, data);
+}
+
+/// log g_k(z_i) + log p_k(y_i | x_i) for rows [begin, begin + rows), written to out[i + k·ld].
+void joint_block(const Model& model,
+                 const Dataset& data,
+                 const Matrix& gate_log,
+                 Index begin,
+                 Index rows,
+                 double* out,
+                 Index ld,
+                 JointScratch& s) {
+    const Index K = model.n_experts();
+    detail::expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.experts);
+    if (const auto* c = std::get_if<ConstantGate>(&model.gate)) {
+        for (Index k = 0; k < K; ++k)
+            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += std::log(c->weights(k));
+    } else if (const auto* g = std::get_if<SoftmaxGate>(&model.gate)) {
+        // log softmax(Vᵀ z̃_i), as gate_log_probabilities: scores z̃_i V, then the row log-softmax.
+        const Matrix& v = g->coefficients;
+        double* scores = s.gate.data();
+        const Index lds = s.gate.outerStride();
+        for (Index k = 0; k < K; ++k) {
+            double* sk = scores + k * lds;
+            std::fill(sk, sk + rows, v(0, k));
+            for (Index l = 0; l + 1 < v.rows(); ++l) {
+                const double vl = v(l + 1, k);
+                const double* zl = data.z.data() + l * data.z.outerStride() + begin;
+                for (Index i = 0; i < rows; ++i) sk[i] += vl * zl[i];
+            }
+        }
+        double norm[detail::block_rows];
+        detail::log_softmax_block(scores, lds, rows, K, norm);
+        for (Index k = 0; k < K; ++k)
+            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += Eigen::Map<const Eigen::ArrayXd>(scores + k * lds, rows);
+    } else {
+        for (Index k = 0; k < K; ++k)
+            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
+    }
+}
+
+} // namespace
+
 Matrix log_joint(const Model& model, const Dataset& data) {
-    Matrix out = expert_log_densities(model.experts, data);
-    out += gate_log_probabilities(model.gate, data);
+    const Index n = data.n_samples();
+    Matrix out(n, model.n_experts());
+    const Matrix gate_log = unblocked_gate(model, data);
+    std::vector<JointScratch> scratch;
+    detail::for_each_block(
+        n, scratch, [&] { return make_joint_scratch(model); }, [&](Index b, JointScratch& s) {
+            const Index begin = detail::block_begin(b);
+            joint_block(model, data, gate_log, begin, detail::block_size(b, n), out.data() + begin, n, s);
+        });
     return out;
 }
 
 Responsibilities e_step(const Model& model, const Dataset& data) {
     Responsibilities r;
-    r.log_resp = log_joint(model, data);
-    r.log_norm = log_softmax_rows_in_place(r.log_resp);
+    e_step(model, data, r);
     return r;
 }
 
+void e_step(const Model& model, const Dataset& data, Responsibilities& r) {
+    // One pass over sample blocks: log joint, then its row log-softmax while the block is in
+    // cache.
+    const Index n = data.n_samples();
+    const Index K = model.n_experts();
+    r.log_resp.resize(n, K);
+    r.log_norm.resize(n);
+    const Matrix gate_log = unblocked_gate(model, data);
+    std::vector<JointScratch> scratch;
+    detail::for_each_block(
+        n, scratch, [&] { return make_joint_scratch(model); }, [&](Index b, JointScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            double* out = r.log_resp.data() + begin;
+            joint_block(model, data, gate_log, begin, rows, out, n, s);
+            detail::log_softmax_block(out, n, rows, K, r.log_norm.data() + begin);
+        });
+}
+
 Vector log_likelihood_samples(const Model& model, const Dataset& data) {
-    return log_sum_exp_rows(log_joint(model, data));
+    // Block by block: only a block_rows × K buffer per thread, never n×K.
+    const Index n = data.n_samples();
+    const Index K = model.n_experts();
+    Vector out(n);
+    const Matrix gate_log = unblocked_gate(model, data);
+    std::vector<JointScratch> scratch;
+    detail::for_each_block(
+        n,
+        scratch,
+        [&] {
+            JointScratch s = make_joint_scratch(model);
+            s.joint.resize(detail::block_rows, K);
+            return s;
+        },
+        [&](Index b, JointScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            joint_block(model, data, gate_log, begin, rows, s.joint.data(), s.joint.outerStride(), s);
+            detail::log_sum_exp_block(s.joint.data(), s.joint.outerStride(), rows, K, out.data() + begin);
+        });
+    return out;
 }
 
 double log_likelihood(const Model& model, const Dataset& data) {
@@ -50,6 +163,32 @@ Eigen::VectorXi predict_expert(const Model& model, const Dataset& data) {
         out(i) = static_cast<int>(best);
     }
     return out;
+}
+
+Matrix predict_mean_hard(const Model& model, const Dataset& data) {
+    const Eigen::VectorXi route = route_hard(model.gate, data);
+    Matrix mean(data.n_samples(), model.experts.n_outputs());
+    for (Index k = 0; k < model.n_experts(); ++k) {
+        if ((route.array() != static_cast<int>(k)).all()) continue;
+        const Matrix mk = expert_mean(model.experts, data, k);
+        for (Index i = 0; i < data.n_samples(); ++i)
+            if (route(i) == k) mean.row(i) = mk.row(i);
+    }
+    return mean;
+}
+
+Vector log_likelihood_samples_hard(const Model& model, const Dataset& data) {
+    const Eigen::VectorXi route = route_hard(model.gate, data);
+    const Matrix log_p = expert_log_densities(model.experts, data);
+    Vector out(data.n_samples());
+    for (Index i = 0; i < data.n_samples(); ++i) out(i) = log_p(i, route(i));
+    return out;
+}
+
+Matrix responsibility_matrix(const Responsibilities& r) { return r.log_resp.array().exp().matrix(); }
+
+Vector expert_sizes(const Responsibilities& r, const Dataset& data) {
+    return responsibility_matrix(r).transpose() * data.weights;
 }
 
 Index n_parameters(const Model& model) {
@@ -117,11 +256,26 @@ void validate(const Model& model, const char* function) {
         if (!model.gate_input_names.empty())
             invalid_model(function, "gate input names", "must be empty for a constant gate");
     } else {
-        const Matrix& v = std::get<SoftmaxGate>(model.gate).coefficients;
-        if (!v.allFinite()) invalid_model(function, "the gate coefficients", "must be finite");
-        if (!v.col(0).isZero(0.0)) invalid_model(function, "the gate coefficients", "must have column 0 equal to 0");
-        if (static_cast<Index>(model.gate_input_names.size()) != v.rows() - 1)
-            invalid_model(function, "gate input names", "must name every gate input");
+        std::vector<const Matrix*> softmaxes;
+        if (const auto* s = std::get_if<SoftmaxGate>(&model.gate)) {
+            softmaxes.push_back(&s->coefficients);
+        } else {
+            const TreeGate& t = std::get<TreeGate>(model.gate);
+            if (t.branching.empty() || static_cast<Index>(t.nodes.size()) != tree_n_nodes(t.branching))
+                invalid_model(function, "the tree gate", "must have one softmax per internal node");
+            const std::vector<Index> depths = tree_node_depths(t.branching);
+            for (std::size_t j = 0; j < t.nodes.size(); ++j) {
+                if (t.nodes[j].cols() != t.branching[static_cast<std::size_t>(depths[j])])
+                    invalid_model(function, "tree node " + std::to_string(j + 1), "must have one column per child");
+                softmaxes.push_back(&t.nodes[j]);
+            }
+        }
+        for (const Matrix* v : softmaxes) {
+            if (!v->allFinite()) invalid_model(function, "the gate coefficients", "must be finite");
+            if (!v->col(0).isZero(0.0)) invalid_model(function, "the gate coefficients", "must have column 0 equal to 0");
+            if (static_cast<Index>(model.gate_input_names.size()) != v->rows() - 1 || v->rows() != softmaxes[0]->rows())
+                invalid_model(function, "gate input names", "must name every gate input");
+        }
     }
 }
 
@@ -130,6 +284,7 @@ void check_compatible(const Model& model, const Dataset& data, bool need_targets
     const Index q = model.experts.n_outputs();
     Index g = 0;
     if (const auto* s = std::get_if<SoftmaxGate>(&model.gate)) g = s->coefficients.rows() - 1;
+    if (const auto* t = std::get_if<TreeGate>(&model.gate)) g = t->nodes[0].rows() - 1;
     if (data.x.cols() != d)
         throw_invalid_argument(function, "the number of expert inputs", std::to_string(data.x.cols()),
                                "the model needs " + std::to_string(d));

@@ -122,7 +122,7 @@ template <class Enum> std::string alternatives(std::initializer_list<Enum> value
 
 constexpr std::initializer_list<ExpertKind> expert_kinds = {ExpertKind::Gaussian,
                                                             ExpertKind::Linear};
-constexpr std::initializer_list<GateKind> gate_kinds = {GateKind::Constant, GateKind::Softmax};
+constexpr std::initializer_list<GateKind> gate_kinds = {GateKind::Constant, GateKind::Softmax, GateKind::Tree};
 constexpr std::initializer_list<CovarianceType> covariance_types = {
     CovarianceType::Full, CovarianceType::Tied, CovarianceType::Diag, CovarianceType::Spherical};
 constexpr std::initializer_list<InitMethod> init_methods = {InitMethod::Auto,
@@ -174,6 +174,12 @@ Json doubles_json(const std::vector<double>& values) {
 }
 
 /// A matrix as an array of its rows.
+Json tree_json(const std::vector<Index>& branching) {
+    Json out = Json::array();
+    for (Index b : branching) out.push_back(static_cast<std::int64_t>(b));
+    return out;
+}
+
 Json matrix_json(const Matrix& m) {
     Json rows = Json::array();
     for (Index i = 0; i < m.rows(); ++i) {
@@ -248,6 +254,7 @@ Json fit_json(const Model& model, const FitRecord& fit) {
     opts["gate"] = to_string(options.gate);
     opts["covariance"] = to_string(options.covariance);
     opts["n_experts"] = static_cast<std::int64_t>(options.n_experts);
+    opts["tree"] = tree_json(options.tree);
     opts["max_iter"] = options.max_iter;
     opts["tol"] = options.tol;
     opts["restarts"] = options.restarts;
@@ -282,6 +289,121 @@ Json fit_json(const Model& model, const FitRecord& fit) {
     out["restart_log_likelihoods"] = std::move(restarts);
     out["warnings"] = names_json(fit.warnings);
     out["options"] = std::move(opts);
+    return out;
+}
+
+constexpr std::initializer_list<Criterion> criteria = {
+    Criterion::Bic, Criterion::Icl, Criterion::Aic};
+
+/// A diagnostics number: finite values as numbers, anything else (an AvePP of an empty expert,
+/// the numbers of a failed selection candidate) as null.
+Json nullable_json(double value) {
+    return std::isfinite(value) ? Json(value) : Json(nullptr);
+}
+
+Json diagnostics_json(const Model& model, const Diagnostics& d) {
+    if (static_cast<Index>(d.experts.size()) != model.n_experts()) {
+        throw_invalid_argument(writer,
+                               "diagnostics->experts",
+                               std::to_string(d.experts.size()) + " entries",
+                               "there must be one per expert (" +
+                                   std::to_string(model.n_experts()) + ")");
+    }
+    Json out = Json::object();
+    out["log_likelihood"] = nullable_json(d.log_likelihood);
+    out["n_parameters"] = static_cast<std::int64_t>(d.n_parameters);
+    out["n_samples"] = nullable_json(d.n_samples);
+    out["aic"] = nullable_json(d.aic);
+    out["bic"] = nullable_json(d.bic);
+    out["icl"] = nullable_json(d.icl);
+    out["icl_map"] = nullable_json(d.icl_map);
+    out["entropy"] = nullable_json(d.entropy);
+    out["normalized_entropy"] = nullable_json(d.normalized_entropy);
+    Json experts = Json::array();
+    for (const ExpertDiagnostics& e : d.experts) {
+        Json item = Json::object();
+        item["effective_size"] = nullable_json(e.effective_size);
+        item["gate_mass"] = nullable_json(e.gate_mass);
+        item["hard_size"] = nullable_json(e.hard_size);
+        item["average_posterior"] = nullable_json(e.average_posterior);
+        item["min_eigenvalue"] = nullable_json(e.min_eigenvalue);
+        item["max_eigenvalue"] = nullable_json(e.max_eigenvalue);
+        item["condition_number"] = nullable_json(e.condition_number);
+        experts.push_back(std::move(item));
+    }
+    out["experts"] = std::move(experts);
+    Json nodes = Json::array();
+    for (const TreeNodeDiagnostics& t : d.tree_nodes) {
+        Json item = Json::object();
+        item["node"] = static_cast<std::int64_t>(t.node);
+        item["depth"] = static_cast<std::int64_t>(t.depth);
+        item["responsibility_mass"] = nullable_json(t.responsibility_mass);
+        item["gate_entropy"] = nullable_json(t.gate_entropy);
+        item["disagreement"] = nullable_json(t.disagreement);
+        nodes.push_back(std::move(item));
+    }
+    out["tree_nodes"] = std::move(nodes);
+    if (d.fit_history) {
+        const FitHistoryDiagnostics& h = *d.fit_history;
+        Json history = Json::object();
+        history["converged"] = h.converged;
+        history["interrupted"] = h.interrupted;
+        history["iterations"] = h.iterations;
+        history["monotone"] = h.monotone;
+        history["largest_decrease"] = nullable_json(h.largest_decrease);
+        Json restarts = Json::object();
+        restarts["count"] = h.restarts.count;
+        restarts["best"] = h.restarts.best;
+        restarts["best_log_likelihood"] = nullable_json(h.restarts.best_log_likelihood);
+        restarts["spread"] = nullable_json(h.restarts.spread);
+        restarts["reached_best"] = h.restarts.reached_best;
+        restarts["failed"] = h.restarts.failed;
+        history["restarts"] = std::move(restarts);
+        Json interventions = Json::array();
+        for (const Intervention& i : h.interventions) {
+            Json item = Json::object();
+            item["restart"] = i.restart;
+            item["iteration"] = i.iteration;
+            item["kind"] = i.kind;
+            item["expert"] = static_cast<std::int64_t>(i.expert);
+            item["message"] = i.message;
+            interventions.push_back(std::move(item));
+        }
+        history["interventions"] = std::move(interventions);
+        out["fit_history"] = std::move(history);
+    }
+    if (d.selection) {
+        Json selection = Json::object();
+        selection["criterion"] = to_string(d.selection->criterion);
+        selection["min_share"] = nullable_json(d.selection->min_share);
+        Json candidates = Json::array();
+        for (const SelectionCandidate& c : d.selection->candidates) {
+            auto number = [&c](double value) {
+                return c.ok ? nullable_json(value) : Json(nullptr);
+            };
+            Json item = Json::object();
+            item["n_experts"] = static_cast<std::int64_t>(c.n_experts);
+            item["covariance"] = to_string(c.covariance);
+            item["gate"] = to_string(c.gate);
+            item["ok"] = c.ok;
+            item["error"] = c.error;
+            item["log_likelihood"] = number(c.log_likelihood);
+            item["n_parameters"] = static_cast<std::int64_t>(c.n_parameters);
+            item["aic"] = number(c.aic);
+            item["bic"] = number(c.bic);
+            item["icl"] = number(c.icl);
+            item["normalized_entropy"] = number(c.normalized_entropy);
+            item["min_share"] = number(c.min_share);
+            item["spurious"] = c.spurious;
+            item["converged"] = c.converged;
+            item["restarts"] = c.restarts;
+            item["reached_best"] = c.reached_best;
+            item["interventions"] = c.interventions;
+            candidates.push_back(std::move(item));
+        }
+        selection["candidates"] = std::move(candidates);
+        out["selection"] = std::move(selection);
+    }
     return out;
 }
 
@@ -370,6 +492,15 @@ std::string shorten(std::string text) {
     return text;
 }
 
+/// A message kept on one line: keys and names come from the file and may hold line ends, so
+/// control characters are shown as '?'.
+std::string one_line(std::string text) {
+    for (char& c : text) {
+        if ((c >= 0 && c < 32) || c == 127) c = '?';
+    }
+    return text;
+}
+
 /// Short description of a JSON value for messages: "the string 'abc'", "null", "an array".
 std::string describe(const Json& value) {
     switch (value.type()) {
@@ -414,7 +545,7 @@ class DuplicateKeyCheck {
             Frame& top = frames_.back();
             top.key = parsed.get<std::string>();
             if (!top.keys.insert(top.key).second) {
-                throw DataError(*source_ + ": duplicate key '" + path() + "'");
+                throw DataError(one_line(*source_ + ": duplicate key '" + path() + "'"));
             }
             break;
         }
@@ -456,7 +587,7 @@ class Reader {
     const std::string& source() const { return source_; }
 
     [[noreturn]] void fail(const std::string& problem) const {
-        throw DataError(source_ + ": " + problem);
+        throw DataError(one_line(source_ + ": " + problem));
     }
 
     [[noreturn]] void fail_key(const std::string& path, const std::string& problem) const {
@@ -768,6 +899,7 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
                  "gate",
                  "covariance",
                  "n_experts",
+                 "tree",
                  "max_iter",
                  "tol",
                  "restarts",
@@ -786,6 +918,12 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
     options.covariance = r.enumeration(oat("covariance"), okey("covariance"), covariance_types);
     options.n_experts =
         r.integer(oat("n_experts"), okey("n_experts"), 1, std::numeric_limits<std::int64_t>::max());
+    {
+        const Json& tree = oat("tree");
+        if (!tree.is_array()) r.fail_key(okey("tree"), "must be an array of branching factors");
+        for (std::size_t l = 0; l < tree.size(); ++l)
+            options.tree.push_back(r.integer(tree[l], indexed(okey("tree"), l), 2, 4096));
+    }
     options.max_iter = r.int_value(oat("max_iter"), okey("max_iter"), 1);
     options.tol = r.non_negative(oat("tol"), okey("tol"));
     options.restarts = r.int_value(oat("restarts"), okey("restarts"), 1);
@@ -822,9 +960,218 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
     try {
         validate(options, r.source().c_str());
     } catch (const InvalidArgument& e) {
-        throw DataError(e.what());
+        throw DataError(one_line(e.what()));
     }
     return fit;
+}
+
+/// A diagnostics number: a finite number, or null (read as NaN).
+double nullable_number(const Reader& r, const Json& value, const std::string& path) {
+    if (value.is_null()) return std::numeric_limits<double>::quiet_NaN();
+    return r.number(value, path);
+}
+
+Diagnostics read_diagnostics(const Reader& r, const Json& value, const Model& model) {
+    const std::string path = "diagnostics";
+    constexpr auto int_max = std::numeric_limits<std::int64_t>::max();
+    r.object(value, path);
+    r.only_keys(value,
+                path,
+                {"log_likelihood",
+                 "n_parameters",
+                 "n_samples",
+                 "aic",
+                 "bic",
+                 "icl",
+                 "icl_map",
+                 "entropy",
+                 "normalized_entropy",
+                 "experts",
+                 "tree_nodes",
+                 "fit_history",
+                 "selection"});
+    auto at = [&](std::string_view key) -> const Json& { return r.member(value, path, key); };
+    auto key = [&](std::string_view name) { return join(path, name); };
+    auto num = [&](const Json& object, const std::string& opath, std::string_view name) {
+        return nullable_number(r, r.member(object, opath, name), join(opath, name));
+    };
+
+    Diagnostics d;
+    d.log_likelihood = num(value, path, "log_likelihood");
+    d.n_parameters = r.integer(at("n_parameters"), key("n_parameters"), 0, int_max);
+    d.n_samples = num(value, path, "n_samples");
+    d.aic = num(value, path, "aic");
+    d.bic = num(value, path, "bic");
+    d.icl = num(value, path, "icl");
+    d.icl_map = num(value, path, "icl_map");
+    d.entropy = num(value, path, "entropy");
+    d.normalized_entropy = num(value, path, "normalized_entropy");
+
+    const std::string k_reason = "n_experts is " + std::to_string(model.n_experts());
+    const Json& experts =
+        r.array(at("experts"), key("experts"), model.n_experts(), "entry", k_reason);
+    for (std::size_t k = 0; k < experts.size(); ++k) {
+        const std::string epath = indexed(key("experts"), k);
+        const Json& e = r.object(experts[k], epath);
+        r.only_keys(e,
+                    epath,
+                    {"effective_size",
+                     "gate_mass",
+                     "hard_size",
+                     "average_posterior",
+                     "min_eigenvalue",
+                     "max_eigenvalue",
+                     "condition_number"});
+        ExpertDiagnostics item;
+        item.effective_size = num(e, epath, "effective_size");
+        item.gate_mass = num(e, epath, "gate_mass");
+        item.hard_size = num(e, epath, "hard_size");
+        item.average_posterior = num(e, epath, "average_posterior");
+        item.min_eigenvalue = num(e, epath, "min_eigenvalue");
+        item.max_eigenvalue = num(e, epath, "max_eigenvalue");
+        item.condition_number = num(e, epath, "condition_number");
+        d.experts.push_back(item);
+    }
+
+    const auto* tree = std::get_if<TreeGate>(&model.gate);
+    const Index n_nodes = tree != nullptr ? tree_n_nodes(tree->branching) : 0;
+    const Json& nodes = r.array(at("tree_nodes"),
+                                key("tree_nodes"),
+                                n_nodes,
+                                "node",
+                                "the gate has " + std::to_string(n_nodes) + " internal nodes");
+    for (std::size_t j = 0; j < nodes.size(); ++j) {
+        const std::string npath = indexed(key("tree_nodes"), j);
+        const Json& t = r.object(nodes[j], npath);
+        r.only_keys(
+            t, npath, {"node", "depth", "responsibility_mass", "gate_entropy", "disagreement"});
+        TreeNodeDiagnostics item;
+        item.node = r.integer(r.member(t, npath, "node"), join(npath, "node"), 0, n_nodes - 1);
+        item.depth = r.integer(r.member(t, npath, "depth"), join(npath, "depth"), 0, int_max);
+        item.responsibility_mass = num(t, npath, "responsibility_mass");
+        item.gate_entropy = num(t, npath, "gate_entropy");
+        item.disagreement = num(t, npath, "disagreement");
+        d.tree_nodes.push_back(item);
+    }
+
+    if (const auto history = value.find("fit_history"); history != value.end()) {
+        const std::string hpath = key("fit_history");
+        const Json& h = r.object(*history, hpath);
+        r.only_keys(h,
+                    hpath,
+                    {"converged",
+                     "interrupted",
+                     "iterations",
+                     "monotone",
+                     "largest_decrease",
+                     "restarts",
+                     "interventions"});
+        auto hat = [&](std::string_view name) -> const Json& { return r.member(h, hpath, name); };
+        auto hkey = [&](std::string_view name) { return join(hpath, name); };
+        FitHistoryDiagnostics fh;
+        fh.converged = r.boolean(hat("converged"), hkey("converged"));
+        fh.interrupted = r.boolean(hat("interrupted"), hkey("interrupted"));
+        fh.iterations = r.int_value(hat("iterations"), hkey("iterations"), 0);
+        fh.monotone = r.boolean(hat("monotone"), hkey("monotone"));
+        fh.largest_decrease = num(h, hpath, "largest_decrease");
+        const std::string rpath = hkey("restarts");
+        const Json& rs = r.object(hat("restarts"), rpath);
+        r.only_keys(rs,
+                    rpath,
+                    {"count", "best", "best_log_likelihood", "spread", "reached_best", "failed"});
+        auto rat = [&](std::string_view name) -> const Json& { return r.member(rs, rpath, name); };
+        fh.restarts.count = r.int_value(rat("count"), join(rpath, "count"), 0);
+        fh.restarts.best = r.int_value(rat("best"), join(rpath, "best"), 0);
+        fh.restarts.best_log_likelihood = num(rs, rpath, "best_log_likelihood");
+        fh.restarts.spread = num(rs, rpath, "spread");
+        fh.restarts.reached_best = r.int_value(rat("reached_best"), join(rpath, "reached_best"), 0);
+        fh.restarts.failed = r.int_value(rat("failed"), join(rpath, "failed"), 0);
+        const std::string ipath = hkey("interventions");
+        const Json& items = hat("interventions");
+        if (!items.is_array()) r.fail_type(ipath, "an array", items);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            const std::string itpath = indexed(ipath, i);
+            const Json& it = r.object(items[i], itpath);
+            r.only_keys(it, itpath, {"restart", "iteration", "kind", "expert", "message"});
+            Intervention item;
+            item.restart = r.int_value(r.member(it, itpath, "restart"), join(itpath, "restart"), 0);
+            item.iteration =
+                r.int_value(r.member(it, itpath, "iteration"), join(itpath, "iteration"), 0);
+            item.kind = r.string(r.member(it, itpath, "kind"), join(itpath, "kind"));
+            item.expert = r.integer(
+                r.member(it, itpath, "expert"), join(itpath, "expert"), -1, model.n_experts() - 1);
+            item.message = r.string(r.member(it, itpath, "message"), join(itpath, "message"));
+            fh.interventions.push_back(std::move(item));
+        }
+        d.fit_history = std::move(fh);
+    }
+
+    if (const auto selection = value.find("selection"); selection != value.end()) {
+        const std::string spath = key("selection");
+        const Json& s = r.object(*selection, spath);
+        r.only_keys(s, spath, {"criterion", "min_share", "candidates"});
+        SelectionTable table;
+        table.criterion =
+            r.enumeration(r.member(s, spath, "criterion"), join(spath, "criterion"), criteria);
+        table.min_share = r.non_negative(r.member(s, spath, "min_share"), join(spath, "min_share"));
+        const std::string cpath = join(spath, "candidates");
+        const Json& items = r.member(s, spath, "candidates");
+        if (!items.is_array()) r.fail_type(cpath, "an array", items);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            const std::string ipath = indexed(cpath, i);
+            const Json& c = r.object(items[i], ipath);
+            r.only_keys(c,
+                        ipath,
+                        {"n_experts",
+                         "covariance",
+                         "gate",
+                         "ok",
+                         "error",
+                         "log_likelihood",
+                         "n_parameters",
+                         "aic",
+                         "bic",
+                         "icl",
+                         "normalized_entropy",
+                         "min_share",
+                         "spurious",
+                         "converged",
+                         "restarts",
+                         "reached_best",
+                         "interventions"});
+            auto cat = [&](std::string_view name) -> const Json& {
+                return r.member(c, ipath, name);
+            };
+            auto ckey = [&](std::string_view name) { return join(ipath, name); };
+            SelectionCandidate item;
+            item.n_experts = r.integer(cat("n_experts"), ckey("n_experts"), 1, int_max);
+            item.covariance =
+                r.enumeration(cat("covariance"), ckey("covariance"), covariance_types);
+            item.gate = r.enumeration(cat("gate"), ckey("gate"), gate_kinds);
+            item.ok = r.boolean(cat("ok"), ckey("ok"));
+            item.error = r.string(cat("error"), ckey("error"));
+            // A successful candidate has finite numbers; a failed one has nulls.
+            auto cnum = [&](std::string_view name) {
+                if (!item.ok) return nullable_number(r, cat(name), ckey(name));
+                return r.number(cat(name), ckey(name));
+            };
+            item.log_likelihood = cnum("log_likelihood");
+            item.n_parameters = r.integer(cat("n_parameters"), ckey("n_parameters"), 0, int_max);
+            item.aic = cnum("aic");
+            item.bic = cnum("bic");
+            item.icl = cnum("icl");
+            item.normalized_entropy = cnum("normalized_entropy");
+            item.min_share = cnum("min_share");
+            item.spurious = r.boolean(cat("spurious"), ckey("spurious"));
+            item.converged = r.boolean(cat("converged"), ckey("converged"));
+            item.restarts = r.int_value(cat("restarts"), ckey("restarts"), 0);
+            item.reached_best = r.int_value(cat("reached_best"), ckey("reached_best"), 0);
+            item.interventions = r.int_value(cat("interventions"), ckey("interventions"), 0);
+            table.candidates.push_back(std::move(item));
+        }
+        d.selection = std::move(table);
+    }
+    return d;
 }
 
 } // namespace
@@ -847,7 +1194,8 @@ FitRecord make_fit_record(const FitResult& result, const FitOptions& options) {
     return record;
 }
 
-std::string model_to_json(const Model& model, const FitRecord* fit) {
+std::string
+model_to_json(const Model& model, const FitRecord* fit, const Diagnostics* diagnostics) {
     validate(model, writer);
     check_structure_for_writing(model);
 
@@ -869,10 +1217,16 @@ std::string model_to_json(const Model& model, const FitRecord* fit) {
     Json gate = Json::object();
     if (const auto* constant = std::get_if<ConstantGate>(&model.gate)) {
         gate["weights"] = vector_json(constant->weights);
-    } else {
-        const auto& softmax = std::get<SoftmaxGate>(model.gate);
-        gate["coefficients"] = matrix_json(softmax.coefficients);
+    } else if (const auto* softmax = std::get_if<SoftmaxGate>(&model.gate)) {
+        gate["coefficients"] = matrix_json(softmax->coefficients);
         gate["coefficient_names"] = coefficient_names_json(model.gate_input_names);
+    } else {
+        const auto& tree = std::get<TreeGate>(model.gate);
+        gate["branching"] = tree_json(tree.branching);
+        gate["coefficient_names"] = coefficient_names_json(model.gate_input_names);
+        Json nodes = Json::array();
+        for (const Matrix& v : tree.nodes) nodes.push_back(matrix_json(v));
+        gate["nodes"] = std::move(nodes);
     }
     root["gate_parameters"] = std::move(gate);
 
@@ -892,6 +1246,7 @@ std::string model_to_json(const Model& model, const FitRecord* fit) {
     root["experts"] = std::move(expert_array);
 
     if (fit != nullptr) root["fit"] = fit_json(model, *fit);
+    if (diagnostics != nullptr) root["diagnostics"] = diagnostics_json(model, *diagnostics);
 
     std::string text;
     try {
@@ -945,7 +1300,8 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
                  "gate_inputs",
                  "gate_parameters",
                  "experts",
-                 "fit"});
+                 "fit",
+                 "diagnostics"});
     auto at = [&](std::string_view key) -> const Json& { return r.member(root, "", key); };
     constexpr auto index_max = std::numeric_limits<std::int64_t>::max();
 
@@ -995,26 +1351,58 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
         }
         model.gate = ConstantGate{std::move(weights)};
     } else {
-        r.only_keys(gate, gpath, {"coefficients", "coefficient_names"});
-        const std::string cpath = join(gpath, "coefficients");
-        Matrix v = r.matrix(r.member(gate, gpath, "coefficients"),
-                            cpath,
-                            g + 1,
-                            g_reason + " (expected n_gate_inputs + 1 rows)",
-                            n_experts,
-                            k_reason);
-        for (Index i = 0; i < v.rows(); ++i) {
-            if (v(i, 0) != 0.0) {
-                r.fail_key(indexed(indexed(cpath, static_cast<std::size_t>(i)), 0),
-                           "is " + format_number(v(i, 0)) +
-                               ", but column 0 (the reference expert) must be 0");
+        // A softmax gate has one coefficient matrix; a tree gate one per internal node.
+        auto read_softmax = [&](const Json& value,
+                                const std::string& cpath,
+                                Index cols,
+                                const std::string& cols_reason,
+                                const std::string& reference) {
+            Matrix v = r.matrix(value, cpath, g + 1, g_reason + " (expected n_gate_inputs + 1 rows)", cols, cols_reason);
+            for (Index i = 0; i < v.rows(); ++i) {
+                if (v(i, 0) != 0.0) {
+                    r.fail_key(indexed(indexed(cpath, static_cast<std::size_t>(i)), 0),
+                               "is " + format_number(v(i, 0)) +
+                                   ", but column 0 (the " + reference + ") must be 0");
+                }
             }
+            return v;
+        };
+        if (kind_of_gate == GateKind::Softmax) {
+            r.only_keys(gate, gpath, {"coefficients", "coefficient_names"});
+            Matrix v = read_softmax(r.member(gate, gpath, "coefficients"), join(gpath, "coefficients"), n_experts, k_reason, "reference expert");
+            model.gate = SoftmaxGate{std::move(v)};
+        } else {
+            r.only_keys(gate, gpath, {"branching", "coefficient_names", "nodes"});
+            const std::string bpath = join(gpath, "branching");
+            const Json& bjson = r.member(gate, gpath, "branching");
+            if (!bjson.is_array() || bjson.empty()) r.fail_key(bpath, "must be a non-empty array of branching factors");
+            TreeGate tree;
+            Index leaves = 1;
+            for (std::size_t l = 0; l < bjson.size(); ++l) {
+                tree.branching.push_back(r.integer(bjson[l], indexed(bpath, l), 2, 4096));
+                leaves *= tree.branching.back();
+                if (leaves > 4096) r.fail_key(bpath, "gives more than 4096 experts");
+            }
+            if (leaves != n_experts)
+                r.fail_key(bpath, "has " + std::to_string(leaves) + " leaves, but " + k_reason);
+            const std::string npath = join(gpath, "nodes");
+            const Index n_nodes = tree_n_nodes(tree.branching);
+            const Json& njson = r.array(r.member(gate, gpath, "nodes"), npath, n_nodes, "node",
+                                        "the tree has " + std::to_string(n_nodes) + " internal nodes");
+            const std::vector<Index> depths = tree_node_depths(tree.branching);
+            for (std::size_t j = 0; j < njson.size(); ++j) {
+                const Index b = tree.branching[static_cast<std::size_t>(depths[j])];
+                tree.nodes.push_back(read_softmax(njson[j], indexed(npath, j), b,
+                                                  "a node at depth " + std::to_string(depths[j]) + " has " +
+                                                      std::to_string(b) + " children",
+                                                  "reference child"));
+            }
+            model.gate = std::move(tree);
         }
         r.coefficient_names(r.member(gate, gpath, "coefficient_names"),
                             join(gpath, "coefficient_names"),
                             model.gate_input_names,
                             "gate_inputs");
-        model.gate = SoftmaxGate{std::move(v)};
     }
 
     // Experts.
@@ -1059,18 +1447,23 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
     try {
         validate(model, source.c_str());
     } catch (const InvalidArgument& e) {
-        throw DataError(e.what());
+        throw DataError(one_line(e.what()));
     }
 
     ModelFile file;
     const auto fit = root.find("fit");
     if (fit != root.end()) file.fit = read_fit(r, *fit, model);
+    if (const auto diagnostics = root.find("diagnostics"); diagnostics != root.end())
+        file.diagnostics = read_diagnostics(r, *diagnostics, model);
     file.model = std::move(model);
     return file;
 }
 
-void save_model(const std::string& path, const Model& model, const FitRecord* fit) {
-    write_file_atomic(path, model_to_json(model, fit));
+void save_model(const std::string& path,
+                const Model& model,
+                const FitRecord* fit,
+                const Diagnostics* diagnostics) {
+    write_file_atomic(path, model_to_json(model, fit, diagnostics));
 }
 
 ModelFile load_model(const std::string& path) {

@@ -33,7 +33,7 @@ Simulation simulate(const Model& model, const Dataset& inputs, Rng& rng) {
 }
 
 Simulation simulate(const Model& model, Index n_samples, Rng& rng) {
-    if (model.experts.n_inputs() > 0 || std::holds_alternative<SoftmaxGate>(model.gate))
+    if (model.experts.n_inputs() > 0 || !std::holds_alternative<ConstantGate>(model.gate))
         throw_invalid_argument("simulate", "inputs", "missing",
                                "this model depends on inputs", "Give the inputs to draw y for (--inputs X.csv).");
     if (n_samples < 1) throw_invalid_argument("simulate", "n_samples", std::to_string(n_samples), "must be >= 1");

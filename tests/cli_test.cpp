@@ -656,3 +656,51 @@ TEST_CASE("cli: predict rejects data without the model's columns", "[cli]") {
 }
 
 #endif // MOEKIT_CLI
+
+TEST_CASE("cli: a hierarchical mixture of experts (--tree) fits, predicts both routes and scores hard routing",
+          "[cli][tree]") {
+    TempDir dir;
+    const RunResult fitted = run(dir,
+                                 {"fit", npreg, "-y", "yn", "-x", "x", "--gate-inputs", "x", "--expert",
+                                  "linear", "--tree", "2x2", "--restarts", "2", "--seed", "3", "-o", "tree.json"});
+    INFO("stderr: " << fitted.err);
+    REQUIRE(fitted.exit_code == 0);
+    CHECK(fitted.out.find("tree gate 2x2 on x") != std::string::npos);
+    CHECK(fitted.out.find("tree node 3 (depth 1)") != std::string::npos);
+    const auto model = nlohmann::json::parse(read_text(dir.file("tree.json")));
+    CHECK(model["gate"] == "tree");
+    CHECK(model["n_experts"] == 4);
+    CHECK(model["gate_parameters"]["branching"] == nlohmann::json::array({2, 2}));
+
+    const RunResult predicted = run(dir, {"predict", "tree.json", npreg, "-o", "pred.csv"});
+    REQUIRE(predicted.exit_code == 0);
+    const Csv pred = read_csv_file(dir.file("pred.csv"));
+    CHECK(pred.rows.size() == 200);
+    CHECK(std::find(pred.header.begin(), pred.header.end(), "hard_pred_yn") != pred.header.end());
+    CHECK(pred.header.back() == "hard_expert");
+
+    const RunResult scored = run(dir, {"score", "tree.json", npreg});
+    REQUIRE(scored.exit_code == 0);
+    const double soft = value_after(scored.out, "log_likelihood");
+    const double hard = value_after(scored.out, "hard_routing_log_likelihood");
+    CHECK(value_after(scored.out, "hard_routing_log_likelihood_cost") == Approx(soft - hard));
+    CHECK(value_after(scored.out, "hard_routing_mse") >= 0.0);
+    CHECK(soft == Approx(model["fit"]["log_likelihood"].get<double>()).epsilon(1e-12));
+}
+
+TEST_CASE("cli: malformed or inconsistent --tree options are usage errors", "[cli][tree]") {
+    TempDir dir;
+    write_text(dir.file("model.json"), sentinel);
+    const std::vector<std::string> base{"fit", npreg, "-y", "yn", "-x", "x", "--expert", "linear", "-o", "model.json"};
+    auto with = [&](std::initializer_list<std::string> extra) {
+        std::vector<std::string> args = base;
+        args.insert(args.end(), extra);
+        return run(dir, args);
+    };
+    require_rejected(with({"--tree", "2x1"}), {"--tree", "'2x1'", "at least 2 children"}, dir.file("model.json"));
+    require_rejected(with({"--tree", "2xa"}), {"--tree", "whole numbers"}, dir.file("model.json"));
+    require_rejected(with({"--gate", "softmax", "--tree", "2x2"}), {"--tree", "--gate tree"}, dir.file("model.json"));
+    require_rejected(with({"--gate", "tree", "-k", "4"}), {"--tree", "missing"}, dir.file("model.json"));
+    require_rejected(with({"--tree", "2x2", "-k", "3"}), {"--experts", "3", "leaves"}, dir.file("model.json"));
+    require_rejected(with({}), {"--experts", "missing"}, dir.file("model.json"));
+}

@@ -312,5 +312,6 @@ TEST_CASE("gate parameter counts and kinds", "[gates]") {
     REQUIRE(moekit::to_string(moekit::GateKind::Softmax) == "softmax");
     REQUIRE(moekit::parse_gate_kind("SoftMax") == moekit::GateKind::Softmax);
     REQUIRE(moekit::parse_gate_kind("constant") == moekit::GateKind::Constant);
-    REQUIRE_THROWS_AS(moekit::parse_gate_kind("tree"), moekit::InvalidArgument);
+    REQUIRE(moekit::parse_gate_kind("Tree") == moekit::GateKind::Tree);
+    REQUIRE_THROWS_AS(moekit::parse_gate_kind("hierarchical"), moekit::InvalidArgument);
 }

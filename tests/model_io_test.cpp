@@ -709,8 +709,8 @@ TEST_CASE("unknown enumeration values are rejected with the alternatives", "[mod
                      "bad.json: key 'expert' has unknown value 'gausian' (expected 'gaussian' or "
                      "'linear')");
     require_rejected(edit(gaussian_text, "\"constant\"", "\"hierarchical\""),
-                     "bad.json: key 'gate' has unknown value 'hierarchical' (expected 'constant' "
-                     "or 'softmax')");
+                     "bad.json: key 'gate' has unknown value 'hierarchical' (expected 'constant', "
+                     "'softmax' or 'tree')");
     require_rejected(edit(gaussian_text, "\"full\"", "\"FULL\""),
                      "bad.json: key 'covariance' has unknown value 'FULL' (expected 'full', "
                      "'tied', 'diag' or 'spherical')");
@@ -856,8 +856,8 @@ TEST_CASE("the fit record is validated too", "[model_io]") {
                      "bad.json: key 'fit.options.init' has unknown value 'kmeans' (expected "
                      "'auto', 'kmeans++', 'random', 'lines' or 'model')");
     require_rejected(edit(text,
-                          "\"n_experts\": 3,\n      \"max_iter\"",
-                          "\"n_experts\": 2,\n      \"max_iter\""),
+                          "\"n_experts\": 3,\n      \"tree\"",
+                          "\"n_experts\": 2,\n      \"tree\""),
                      "bad.json: key 'fit.options.n_experts' is 2, but the model's 'n_experts' "
                      "is 3");
     require_rejected(edit(text,

@@ -121,6 +121,35 @@ std::string short_number(double value) {
     return buffer;
 }
 
+void write_responsibilities(const std::string& path,
+                            const moekit::Model& model,
+                            const moekit::Dataset& data,
+                            const moekit::Responsibilities& resp) {
+    const moekit::Index n = data.n_samples();
+    const moekit::Index k = model.n_experts();
+    const moekit::Matrix h = moekit::responsibility_matrix(resp);
+    const moekit::Matrix gate = moekit::gate_probabilities(model, data);
+    const Eigen::VectorXi hard = moekit::hard_assignments(resp);
+    const std::vector<long> rows = sample_rows(data);
+
+    moekit::Matrix table(n, 2 * k + 3);
+    for (moekit::Index i = 0; i < n; ++i) {
+        table(i, 0) = static_cast<double>(rows[static_cast<std::size_t>(i)]);
+        table.block(i, 1, 1, k) = h.row(i);
+        table.block(i, 1 + k, 1, k) = gate.row(i);
+        table(i, 2 * k + 1) = static_cast<double>(hard(i) + 1);
+        table(i, 2 * k + 2) = resp.log_norm(i);
+    }
+    std::vector<std::string> header{"row"};
+    for (const auto& name : numbered("resp_", k))
+        header.push_back(name);
+    for (const auto& name : numbered("gate_", k))
+        header.push_back(name);
+    header.push_back("expert");
+    header.push_back("log_lik");
+    moekit::write_csv(path, header, table);
+}
+
 void print_table(std::ostream& out,
                  const std::string& indent,
                  const std::vector<std::string>& row_labels,

@@ -107,6 +107,15 @@ std::vector<long> sample_rows(const moekit::Dataset& data);
 /// A number for humans: 6 significant digits (%.6g).
 std::string short_number(double value);
 
+/// Writes the responsibilities CSV of `fit --responsibilities` and `predict --responsibilities`:
+/// one row per sample with row (the CSV line), resp_1..K, gate_1..K, expert (the 1-based hard
+/// expert argmax_k h_ik) and log_lik (log p(y_i | x_i)). `resp` is the E-step of `model` on
+/// `data`.
+void write_responsibilities(const std::string& path,
+                            const moekit::Model& model,
+                            const moekit::Dataset& data,
+                            const moekit::Responsibilities& resp);
+
 /// Writes a table: a header row of `column_labels`, then one row per `row_labels` entry with
 /// the values of `values` (rows × columns), every line prefixed by `indent`, columns aligned.
 void print_table(std::ostream& out,

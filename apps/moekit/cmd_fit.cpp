@@ -2,8 +2,11 @@
 /// `moekit fit`: CSV → moekit::fit → model file, summary and (optionally) responsibilities.
 
 #include "commands.hpp"
+#include "interrupt.hpp"
+#include "progress.hpp"
 #include "summary.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -40,14 +43,25 @@ std::string init_method_words(const std::string& separator) {
     return join(words, separator);
 }
 
-/// --init: a method word, or the path of a model file to start the first restart from.
-std::optional<moekit::Model> resolve_init(const std::string& text, moekit::FitOptions& options) {
+} // namespace
+
+std::optional<moekit::Model> resolve_init(const std::string& command,
+                                          const std::string& text,
+                                          moekit::FitOptions& options,
+                                          bool allow_model) {
     try {
         options.init = moekit::parse_init_method(text);
         return std::nullopt;
     } catch (const moekit::InvalidArgument&) {
         // Not a method word: a model file, if it looks like one.
     }
+    if (!allow_model)
+        moekit::throw_invalid_argument(command,
+                                       "--init",
+                                       "'" + text + "'",
+                                       "must be one of " + init_method_words(", "),
+                                       "Check the spelling (a model file cannot start candidates "
+                                       "with different numbers of experts).");
     const std::filesystem::path path(text);
     if (path.extension() != ".json" && !std::filesystem::exists(path))
         moekit::throw_invalid_argument(command,
@@ -60,9 +74,59 @@ std::optional<moekit::Model> resolve_init(const std::string& text, moekit::FitOp
     return load_model_file(text);
 }
 
-/// Which columns play which role, checked against the expert and gate families before any
-/// data is read. A softmax gate without --gate-inputs uses the expert inputs.
-moekit::CsvSpec column_spec(const FitCommandOptions& o, const moekit::FitOptions& options) {
+namespace {
+
+/// Columns in roles that must stay apart, checked before any data is read: a name listed twice
+/// in one flag, a target that is also an expert or gate input (y would explain itself), and a
+/// weights column that is also a target or an input.
+void check_roles(const std::string& command, const moekit::CsvSpec& spec) {
+    auto contains = [](const std::vector<std::string>& names, const std::string& name) {
+        return std::find(names.begin(), names.end(), name) != names.end();
+    };
+    const std::pair<const std::vector<std::string>*, const char*> roles[] = {
+        {&spec.targets, "--target"}, {&spec.inputs, "--inputs"}, {&spec.gate_inputs, "--gate-inputs"}};
+    for (const auto& [names, flag] : roles)
+        for (std::size_t i = 0; i < names->size(); ++i)
+            if (std::find(names->begin(), names->begin() + static_cast<std::ptrdiff_t>(i), (*names)[i]) !=
+                names->begin() + static_cast<std::ptrdiff_t>(i))
+                moekit::throw_invalid_argument(command,
+                                               flag,
+                                               quoted_list(*names),
+                                               "it lists '" + (*names)[i] + "' twice",
+                                               "Name each column once.");
+    for (const std::string& target : spec.targets) {
+        if (contains(spec.inputs, target))
+            moekit::throw_invalid_argument(command,
+                                           "--inputs",
+                                           quoted_list(spec.inputs),
+                                           "the target '" + target +
+                                               "' cannot also be an expert input (y would be "
+                                               "predicted from itself)",
+                                           "Remove '" + target + "' from --inputs or from --target.");
+        if (contains(spec.gate_inputs, target))
+            moekit::throw_invalid_argument(command,
+                                           "--gate-inputs",
+                                           quoted_list(spec.gate_inputs),
+                                           "the target '" + target +
+                                               "' cannot also be a gate input (the gate would "
+                                               "see y)",
+                                           "Remove '" + target + "' from --gate-inputs or from --target.");
+    }
+    if (!spec.weights.empty() &&
+        (contains(spec.targets, spec.weights) || contains(spec.inputs, spec.weights) ||
+         contains(spec.gate_inputs, spec.weights)))
+        moekit::throw_invalid_argument(command,
+                                       "--weights",
+                                       "'" + spec.weights + "'",
+                                       "the weights column cannot also be a target or an input",
+                                       "Give the sample weights in a column of their own.");
+}
+
+} // namespace
+
+moekit::CsvSpec fit_column_spec(const std::string& command,
+                                const FitInputOptions& o,
+                                const moekit::FitOptions& options) {
     moekit::CsvSpec spec = make_csv_spec(o.csv);
     spec.targets = o.targets;
     spec.inputs = o.inputs;
@@ -82,13 +146,13 @@ moekit::CsvSpec column_spec(const FitCommandOptions& o, const moekit::FitOptions
                                        "empty",
                                        "linear-regression experts need at least one input",
                                        "Name the regressor columns with --inputs/-x.");
-    if (options.gate == moekit::GateKind::Softmax && spec.gate_inputs.empty())
+    if (options.gate != moekit::GateKind::Constant && spec.gate_inputs.empty())
         spec.gate_inputs = spec.inputs;
-    if (options.gate == moekit::GateKind::Softmax && spec.gate_inputs.empty())
+    if (options.gate != moekit::GateKind::Constant && spec.gate_inputs.empty())
         moekit::throw_invalid_argument(command,
                                        "--gate-inputs",
                                        "empty",
-                                       "a softmax gate needs at least one input",
+                                       "a softmax or tree gate needs at least one input",
                                        "Name the gate's columns with --gate-inputs (or --inputs "
                                        "with --expert linear).");
     if (options.gate == moekit::GateKind::Constant && !spec.gate_inputs.empty())
@@ -97,8 +161,11 @@ moekit::CsvSpec column_spec(const FitCommandOptions& o, const moekit::FitOptions
                                        quoted_list(spec.gate_inputs),
                                        "a constant gate uses no inputs",
                                        "Use --gate softmax for a gate that depends on inputs.");
+    check_roles(command, spec);
     return spec;
 }
+
+namespace {
 
 /// The warm-start model must be the model being fitted: same families, K and columns.
 void check_warm_start(const moekit::Model& model,
@@ -136,6 +203,11 @@ void check_warm_start(const moekit::Model& model,
                  std::to_string(model.n_experts()),
                  "--experts",
                  std::to_string(options.n_experts));
+    if (const auto* tree = std::get_if<moekit::TreeGate>(&model.gate); tree && tree->branching != options.tree)
+        mismatch("tree shape",
+                 moekit::format_tree_shape(tree->branching),
+                 "--tree",
+                 moekit::format_tree_shape(options.tree));
     if (model.target_names != spec.targets)
         mismatch("targets", quoted_list(model.target_names), "--target", quoted_list(spec.targets));
     if (model.input_names != spec.inputs)
@@ -147,82 +219,117 @@ void check_warm_start(const moekit::Model& model,
                  quoted_list(spec.gate_inputs));
 }
 
-/// One row per sample: row, resp_1..K, gate_1..K, expert (1-based argmax of the
-/// responsibilities), log_lik.
-void write_responsibilities(const std::string& path,
-                            const moekit::Dataset& data,
-                            const moekit::FitResult& result) {
-    const moekit::Index n = data.n_samples();
-    const moekit::Index k = result.model.n_experts();
-    const moekit::Matrix resp = result.responsibilities.log_resp.array().exp().matrix();
-    const moekit::Matrix gate = moekit::gate_probabilities(result.model, data);
-    const std::vector<long> rows = sample_rows(data);
-
-    moekit::Matrix table(n, 2 * k + 3);
-    for (moekit::Index i = 0; i < n; ++i) {
-        moekit::Index best = 0;
-        resp.row(i).maxCoeff(&best);
-        table(i, 0) = static_cast<double>(rows[static_cast<std::size_t>(i)]);
-        table.block(i, 1, 1, k) = resp.row(i);
-        table.block(i, 1 + k, 1, k) = gate.row(i);
-        table(i, 2 * k + 1) = static_cast<double>(best + 1);
-        table(i, 2 * k + 2) = result.responsibilities.log_norm(i);
-    }
-    std::vector<std::string> header{"row"};
-    for (const auto& name : numbered("resp_", k))
-        header.push_back(name);
-    for (const auto& name : numbered("gate_", k))
-        header.push_back(name);
-    header.push_back("expert");
-    header.push_back("log_lik");
-    moekit::write_csv(path, header, table);
-}
-
 } // namespace
 
-void setup_fit(CLI::App& app) {
-    auto opt = std::make_shared<FitCommandOptions>();
-    moekit::FitOptions& fit = opt->fit;
-    opt->init = std::string(moekit::to_string(fit.init));
-
-    CLI::App* sub = app.add_subcommand("fit",
-                                       "Fit a mixture of experts p(y|x) = sum_k g_k(z) p_k(y|x) to "
-                                       "a CSV file by EM; print a summary and save the model");
-
-    sub->add_option("data", opt->data, "CSV file with a header line ('-' reads standard input)")
+void add_data_options(CLI::App& sub_app, FitInputOptions& o) {
+    CLI::App* sub = &sub_app;
+    sub->add_option("data", o.data, "CSV file with a header line ('-' reads standard input)")
         ->required();
-    sub->add_option("-y,--target", opt->targets, "Target columns y (comma-separated)")
+    sub->add_option("-y,--target", o.targets, "Target columns y (comma-separated)")
         ->required()
         ->delimiter(',')
         ->allow_extra_args(false);
     sub->add_option("-x,--inputs",
-                    opt->inputs,
+                    o.inputs,
                     "Expert input columns x (comma-separated; needed by --expert linear)")
         ->delimiter(',')
         ->allow_extra_args(false);
     sub->add_option("--gate-inputs",
-                    opt->gate_inputs,
+                    o.gate_inputs,
                     "Gate input columns z (comma-separated; --gate softmax only; default: the "
                     "expert inputs)")
         ->delimiter(',')
         ->allow_extra_args(false);
     sub->add_option("--weights",
-                    opt->weights,
+                    o.weights,
                     "Column of sample (frequency) weights, finite and > 0; default: all 1");
-    add_csv_options(*sub, opt->csv);
+    add_csv_options(*sub, o.csv);
+}
 
-    sub->add_option("-k,--experts", fit.n_experts, "Number of experts K (>= 1)")->required();
+void add_estimation_options(CLI::App& sub_app, FitInputOptions& o, bool allow_model) {
+    CLI::App* sub = &sub_app;
+    o.init = std::string(moekit::to_string(o.fit.init));
     add_enum_option(*sub,
                     "--expert",
-                    fit.expert,
+                    o.fit.expert,
                     choices_of({moekit::ExpertKind::Gaussian, moekit::ExpertKind::Linear}),
                     "Expert family: 'gaussian' N(y; mu_k, Sigma_k) or 'linear' regression "
                     "N(y; W_k'(1,x), Sigma_k)");
+    sub->add_option("--seed",
+                    o.fit.seed,
+                    "Base seed of the random initialisation (restart r uses its own stream)")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                // CLI11 would wrap "-1" around to 2^64 - 1.
+                if (!text.empty() && text.front() == '-')
+                    return "'" + text + "' is negative; the seed is a whole number >= 0";
+                return {};
+            },
+            "",
+            "seed"))
+        ->capture_default_str();
+    sub->add_option(
+           "--restarts", o.fit.restarts, "Independent starts; the best log-likelihood wins")
+        ->capture_default_str();
+    sub->add_option("--max-iter", o.fit.max_iter, "EM iterations per start")->capture_default_str();
+    sub->add_option("--tol",
+                    o.fit.tol,
+                    "Stop when the mean per-sample log-likelihood changes by less than this")
+        ->capture_default_str();
+    sub->add_option("--reg-covar",
+                    o.fit.regularization.reg_covar,
+                    "Ridge added to every covariance estimate, relative to each target's "
+                    "variance")
+        ->capture_default_str();
+    sub->add_option("--min-expert-size",
+                    o.fit.regularization.min_expert_size,
+                    "An expert whose size sum_i w_i h_ik falls below this keeps its previous "
+                    "parameters; <= 0: automatic (coefficients per target + 1)")
+        ->capture_default_str();
+    sub->add_option("--gate-l2",
+                    o.fit.gate_options.gate_l2,
+                    "L2 penalty on the softmax gate's coefficients (intercepts excluded)")
+        ->capture_default_str();
+    sub->add_option("--newton-steps",
+                    o.fit.gate_options.newton_steps,
+                    "Newton (IRLS) steps of the softmax gate per EM iteration")
+        ->capture_default_str();
+    sub->add_option("--init",
+                    o.init,
+                    "Initialisation: " + init_method_words(", ") +
+                        " (auto: kmeans++ for Gaussian experts, lines for linear experts)" +
+                        (allow_model ? ", or MODEL.json to start the first restart from that "
+                                       "model (warm start; it must match the options)"
+                                     : ""))
+        ->type_name(allow_model ? "METHOD|MODEL" : "METHOD")
+        ->capture_default_str();
+    sub->add_option("--kmeans-iter", o.fit.kmeans_iter, "Lloyd iterations after k-means++ seeding")
+        ->capture_default_str();
+}
+
+void setup_fit(CLI::App& app) {
+    auto opt = std::make_shared<FitCommandOptions>();
+    moekit::FitOptions& fit = opt->fit;
+
+    CLI::App* sub = app.add_subcommand("fit",
+                                       "Fit a mixture of experts p(y|x) = sum_k g_k(z) p_k(y|x) to "
+                                       "a CSV file by EM; print a summary and save the model");
+
+    add_data_options(*sub, *opt);
+
+    CLI::Option* experts = sub->add_option(
+        "-k,--experts", fit.n_experts, "Number of experts K (>= 1); with --tree, the number of leaves (may be omitted)");
     add_enum_option(*sub,
                     "--gate",
                     fit.gate,
-                    choices_of({moekit::GateKind::Constant, moekit::GateKind::Softmax}),
-                    "Gate: 'constant' mixing weights or 'softmax' (multinomial logit on z)");
+                    choices_of({moekit::GateKind::Constant, moekit::GateKind::Softmax, moekit::GateKind::Tree}),
+                    "Gate: 'constant' mixing weights, 'softmax' (multinomial logit on z) or 'tree' "
+                    "(hierarchical mixture of experts: a tree of softmax gates, see --tree)");
+    CLI::Option* tree = sub->add_option("--tree",
+                    opt->tree,
+                    "Shape of a tree gate: children per level from the root, e.g. 2x3 (2 children, "
+                    "each with 3 experts: 6 experts); implies --gate tree")
+        ->type_name("BxBx..");
     add_enum_option(*sub,
                     "--covariance",
                     fit.covariance,
@@ -231,80 +338,95 @@ void setup_fit(CLI::App& app) {
                                 moekit::CovarianceType::Diag,
                                 moekit::CovarianceType::Spherical}),
                     "Structure of the experts' covariances");
-    sub->add_option("--seed",
-                    fit.seed,
-                    "Base seed of the random initialisation (restart r uses its own stream)")
-        ->capture_default_str();
-    sub->add_option("--restarts", fit.restarts, "Independent starts; the best log-likelihood wins")
-        ->capture_default_str();
-    sub->add_option("--max-iter", fit.max_iter, "EM iterations per start")->capture_default_str();
-    sub->add_option("--tol",
-                    fit.tol,
-                    "Stop when the mean per-sample log-likelihood changes by less than this")
-        ->capture_default_str();
-    sub->add_option("--reg-covar",
-                    fit.regularization.reg_covar,
-                    "Ridge added to every covariance estimate, relative to each target's "
-                    "variance")
-        ->capture_default_str();
-    sub->add_option("--min-expert-size",
-                    fit.regularization.min_expert_size,
-                    "An expert whose size sum_i w_i h_ik falls below this keeps its previous "
-                    "parameters; <= 0: automatic (coefficients per target + 1)")
-        ->capture_default_str();
-    sub->add_option("--gate-l2",
-                    fit.gate_options.gate_l2,
-                    "L2 penalty on the softmax gate's coefficients (intercepts excluded)")
-        ->capture_default_str();
-    sub->add_option("--newton-steps",
-                    fit.gate_options.newton_steps,
-                    "Newton (IRLS) steps of the softmax gate per EM iteration")
-        ->capture_default_str();
-    sub->add_option("--init",
-                    opt->init,
-                    "Initialisation: " + init_method_words(", ") +
-                        " (auto: kmeans++ for Gaussian experts, lines for linear experts), or "
-                        "MODEL.json to start the first restart from that model (warm start; "
-                        "it must match the options)")
-        ->type_name("METHOD|MODEL")
-        ->capture_default_str();
-    sub->add_option("--kmeans-iter", fit.kmeans_iter, "Lloyd iterations after k-means++ seeding")
-        ->capture_default_str();
+    add_estimation_options(*sub, *opt, true);
     sub->add_option("-o,--output", opt->output, "Write the model (JSON) to this file");
     sub->add_option("--responsibilities",
                     opt->responsibilities,
                     "Write per-row responsibilities, gate probabilities, expert and "
                     "log-likelihood to this CSV file");
-    sub->add_flag("-q,--quiet", opt->quiet, "Print no summary (warnings still go to stderr)");
+    sub->add_flag("--json",
+                  opt->json,
+                  "Print the model file (with its fit and diagnostics objects) as JSON on standard "
+                  "output instead of the summary");
+    sub->add_flag("-q,--quiet",
+                  opt->quiet,
+                  "Print no summary and no progress (warnings still go to stderr)");
+    sub->add_flag("-v,--verbose",
+                  opt->verbose,
+                  "Print one progress line per EM iteration on standard error, even when it is "
+                  "not a terminal");
 
     sub->footer(std::string("Example:\n") + faithful_fit_example);
-    sub->callback([opt]() { run_fit(*opt); });
+    sub->callback([opt, experts, tree]() {
+        opt->experts_given = experts->count() > 0;
+        opt->tree_given = tree->count() > 0;
+        run_fit(*opt);
+    });
 }
 
 void run_fit(const FitCommandOptions& o) {
     moekit::FitOptions options = o.fit;
-    const std::optional<moekit::Model> warm_start = resolve_init(o.init, options);
-    const moekit::CsvSpec spec = column_spec(o, options);
+    if (o.tree_given || !o.tree.empty()) {
+        if (options.gate == moekit::GateKind::Constant || options.gate == moekit::GateKind::Tree)
+            options.gate = moekit::GateKind::Tree;
+        else
+            moekit::throw_invalid_argument(command, "--tree", "'" + o.tree + "'", "is only used with --gate tree",
+                                           "Use --gate tree (or drop --gate) with --tree.");
+        options.tree = moekit::parse_tree_shape(o.tree);
+        if (!o.experts_given) {
+            options.n_experts = 1;
+            for (moekit::Index b : options.tree) options.n_experts *= b;
+        }
+    } else if (options.gate == moekit::GateKind::Tree) {
+        moekit::throw_invalid_argument(command, "--tree", "missing", "--gate tree needs the tree's shape",
+                                       "Add e.g. --tree 2x2.");
+    }
+    if (!o.experts_given && !o.tree_given && o.tree.empty())
+        moekit::throw_invalid_argument(command, "--experts", "missing", "the number of experts is required",
+                                       "Add -k K (or --tree for a tree gate).");
+    const std::optional<moekit::Model> warm_start = resolve_init(command, o.init, options, true);
+    const moekit::CsvSpec spec = fit_column_spec(command, o, options);
     moekit::validate(options, command);
     check_output_path(command, "--output", o.output);
     check_output_path(command, "--responsibilities", o.responsibilities);
     if (warm_start) check_warm_start(*warm_start, o.init, options, spec);
 
     const moekit::Dataset data = read_data(o.data, spec);
+
+    // SIGINT / SIGTERM from here on stop the fit after the current EM iteration; the best model
+    // so far is saved (converged: false) and main() exits with interrupted_exit_code.
+    // Progress on stderr (progress.hpp) shares the per-iteration hook.
+    const InterruptGuard interrupt_guard;
+    ProgressDisplay progress(verbosity_of(o.quiet, o.verbose), std::cerr, stderr_is_terminal());
+    options.on_iteration = [&progress](const moekit::FitProgress& p) {
+        progress.update(p);
+        return interrupt_signal() == 0;
+    };
     const moekit::FitResult result =
         moekit::fit(data, options, warm_start ? &*warm_start : nullptr);
+    progress.clear();
+    options.on_iteration = nullptr;
+    const moekit::Diagnostics diagnostics = moekit::diagnose(result.model, data, &result);
+    const moekit::FitRecord record = moekit::make_fit_record(result, options);
 
     // Outputs only after everything succeeded; each write is atomic.
-    if (!o.output.empty()) {
-        const moekit::FitRecord record = moekit::make_fit_record(result, options);
-        moekit::save_model(o.output, result.model, &record);
-    }
-    if (!o.responsibilities.empty()) write_responsibilities(o.responsibilities, data, result);
+    if (!o.output.empty()) moekit::save_model(o.output, result.model, &record, &diagnostics);
+    if (!o.responsibilities.empty())
+        write_responsibilities(o.responsibilities, result.model, data, result.responsibilities);
 
-    if (!o.quiet)
+    if (o.json) {
+        std::cout << moekit::model_to_json(result.model, &record, &diagnostics) << std::flush;
+    } else if (!o.quiet) {
         print_fit_summary(std::cout, o.data == "-" ? "<stdin>" : o.data, data, options, result);
+        print_diagnostics(std::cout, diagnostics);
+    }
     for (const auto& warning : result.warnings)
         print_warning(warning);
+    if (result.interrupted)
+        print_note(std::string("interrupted by ") + signal_name(interrupt_signal()) +
+                   (o.output.empty() ? std::string(": the best model so far is not saved (no --output)")
+                                     : ": saved the best model so far to " + o.output +
+                                           " (converged: false)"));
 }
 
 } // namespace moekit::cli

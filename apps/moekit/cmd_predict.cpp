@@ -19,11 +19,16 @@ void setup_predict(CLI::App& app) {
         ->required();
     sub->add_option("-o,--output", opt->output, "Output CSV file ('-': standard output)")
         ->capture_default_str();
+    sub->add_option("--responsibilities",
+                    opt->responsibilities,
+                    "Also write the responsibilities CSV of 'moekit fit --responsibilities' "
+                    "(row, resp_k, gate_k, expert, log_lik; needs the targets) to this file");
     add_csv_options(*sub, opt->csv);
     sub->footer(
         std::string(
             "Output columns: row, pred_<target>..., gate_1..gate_K, expert, and with targets "
-            "resp_1..resp_K, log_lik.\n"
+            "resp_1..resp_K, log_lik; for tree gates also hard_pred_<target>..., hard_expert "
+            "(hard routing).\n"
             "Example:\n") +
         faithful_fit_example +
         "  moekit predict faithful.json data/faithful.csv -o faithful_pred.csv");
@@ -32,12 +37,21 @@ void setup_predict(CLI::App& app) {
 
 void run_predict(const PredictCommandOptions& o) {
     check_output_path("moekit predict", "--output", o.output);
+    check_output_path("moekit predict", "--responsibilities", o.responsibilities);
     const moekit::Model model = load_model_file(o.model);
     // A model without inputs (Gaussian experts, constant gate) can only be applied to its
     // targets; a file without them would silently give the same prediction on every row.
     const bool needs_inputs = !model.input_names.empty() || !model.gate_input_names.empty();
     const moekit::Dataset data = read_data(o.data, model_csv_spec(model, o.csv, needs_inputs));
     const bool has_targets = data.n_outputs() > 0;
+    if (!o.responsibilities.empty() && !has_targets)
+        moekit::throw_invalid_argument("moekit predict",
+                                       "--responsibilities",
+                                       "'" + o.responsibilities + "'",
+                                       "responsibilities need the targets " +
+                                           join(model.target_names, ", ") + " in the data",
+                                       "Add the target columns to the data file, or drop "
+                                       "--responsibilities.");
     moekit::check_compatible(model, data, has_targets, "moekit predict");
 
     const moekit::Index n = data.n_samples();
@@ -67,10 +81,26 @@ void run_predict(const PredictCommandOptions& o) {
         for (const auto& name : numbered("resp_", k))
             header.push_back(name);
         header.push_back("log_lik");
-        table.middleCols(2 + q + k, k) = resp.log_resp.array().exp().matrix();
+        table.middleCols(2 + q + k, k) = moekit::responsibility_matrix(resp);
         table.col(2 + q + 2 * k) = resp.log_norm;
     }
+    if (moekit::gate_kind(model.gate) == moekit::GateKind::Tree) {
+        // Both routes of a hierarchical model: the soft mixture above and hard routing, which
+        // follows the most probable child at each node (depth-many gates per sample).
+        const moekit::Matrix hard_mean = moekit::predict_mean_hard(model, data);
+        const Eigen::VectorXi hard = moekit::route_hard(model.gate, data);
+        for (const auto& target : model.target_names)
+            header.push_back("hard_pred_" + target);
+        header.push_back("hard_expert");
+        moekit::Matrix extended(n, table.cols() + q + 1);
+        extended.leftCols(table.cols()) = table;
+        extended.middleCols(table.cols(), q) = hard_mean;
+        extended.col(table.cols() + q) = (hard.array() + 1).cast<double>().matrix();
+        table = std::move(extended);
+    }
     moekit::write_csv(o.output, header, table);
+    if (!o.responsibilities.empty())
+        write_responsibilities(o.responsibilities, model, data, moekit::e_step(model, data));
 }
 
 } // namespace moekit::cli

@@ -13,13 +13,19 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace moekit::cli {
 
-/// `moekit fit`: fit a mixture of experts to a CSV file.
-struct FitCommandOptions {
+/// The root `moekit` app: version flag, footer and the subcommands below, each running
+/// its command from its CLI11 callback during parse() (app.cpp).
+std::unique_ptr<CLI::App> make_app();
+
+/// The data and estimation options `fit` and `select` share (cmd_fit.cpp binds them).
+struct FitInputOptions {
     std::string data;                     ///< CSV path, "-" for standard input
     std::vector<std::string> targets;     ///< y columns (--target/-y)
     std::vector<std::string> inputs;      ///< expert inputs x (--inputs/-x)
@@ -28,9 +34,37 @@ struct FitCommandOptions {
     CsvOptions csv;                       ///< --delimiter, --missing
     moekit::FitOptions fit;               ///< every fit option, defaults from the library
     std::string init;                     ///< "kmeans++", "random" or a model file (warm start)
-    std::string output;                   ///< model file (--output/-o), empty: not saved
-    std::string responsibilities;         ///< responsibilities CSV, empty: not written
-    bool quiet = false;                   ///< no summary on standard output
+};
+
+/// Binds the data positional, --target, --inputs, --gate-inputs, --weights and the CSV flags.
+void add_data_options(CLI::App& sub, FitInputOptions& options);
+/// Binds --expert, --seed, --restarts, --max-iter, --tol, --reg-covar, --min-expert-size,
+/// --gate-l2, --newton-steps, --init and --kmeans-iter (help for a model file in --init only
+/// when `allow_model`).
+void add_estimation_options(CLI::App& sub, FitInputOptions& options, bool allow_model);
+/// Resolves --init: a method word sets options.init; otherwise, when `allow_model`, the path of
+/// a model file to warm-start from (returned). @throws InvalidArgument naming `command`.
+std::optional<moekit::Model> resolve_init(const std::string& command,
+                                          const std::string& text,
+                                          moekit::FitOptions& options,
+                                          bool allow_model);
+/// Which columns play which role, checked against options.expert and options.gate before any
+/// data is read (a softmax or tree gate without --gate-inputs uses the expert inputs).
+/// @throws InvalidArgument naming `command`.
+moekit::CsvSpec fit_column_spec(const std::string& command,
+                                const FitInputOptions& input,
+                                const moekit::FitOptions& options);
+
+/// `moekit fit`: fit a mixture of experts to a CSV file.
+struct FitCommandOptions : FitInputOptions {
+    std::string tree;             ///< tree shape for --gate tree, e.g. "2x3"
+    bool experts_given = false;   ///< -k/--experts was on the command line
+    bool tree_given = false;      ///< --tree was on the command line (even with an empty shape)
+    std::string output;           ///< model file (--output/-o), empty: not saved
+    std::string responsibilities; ///< responsibilities CSV, empty: not written
+    bool json = false;            ///< print the model file as JSON instead of the summary
+    bool quiet = false;           ///< no summary on standard output, no progress
+    bool verbose = false;         ///< a progress line per EM iteration on standard error
 };
 
 /// Registers `fit` on `app`.
@@ -38,11 +72,44 @@ void setup_fit(CLI::App& app);
 /// Reads the data, fits, writes the outputs and prints the summary.
 void run_fit(const FitCommandOptions& options);
 
+/// `moekit select`: fit a grid of candidate models and keep the best by a criterion.
+struct SelectCommandOptions : FitInputOptions {
+    std::string experts;                  ///< --experts, e.g. "1:6" or "1,2,4"
+    std::vector<std::string> covariances{"full"}; ///< --covariance list
+    std::vector<std::string> gates{"constant"};   ///< --gate list
+    moekit::Criterion criterion = moekit::Criterion::Bic; ///< --criterion
+    double min_share = 0.05; ///< --min-share (SelectionGrid::min_share)
+    std::string table;  ///< CSV of the selection table (--table), empty: not written
+    std::string output; ///< best model file (--output/-o), empty: not saved
+    bool quiet = false;   ///< no table on standard output, no progress
+    bool verbose = false; ///< a progress line per EM iteration on standard error
+};
+
+/// Registers `select` on `app`.
+void setup_select(CLI::App& app);
+/// Fits every candidate, prints and writes the table, saves the best model.
+void run_select(const SelectCommandOptions& options);
+
+/// `moekit report`: a self-contained HTML report of a model on data.
+struct ReportCommandOptions {
+    std::string model;  ///< model file
+    std::string data;   ///< CSV path with the model's columns, "-" for standard input
+    std::string output; ///< HTML file (--output/-o), "-" for standard output
+    std::string title;  ///< --title, default: the model file's name
+    CsvOptions csv;     ///< --delimiter, --missing
+};
+
+/// Registers `report` on `app`.
+void setup_report(CLI::App& app);
+/// Computes the diagnostics and writes the HTML report.
+void run_report(const ReportCommandOptions& options);
+
 /// `moekit predict`: apply a model to new data.
 struct PredictCommandOptions {
     std::string model;        ///< model file
     std::string data;         ///< CSV path, "-" for standard input
     std::string output = "-"; ///< predictions CSV, "-" for standard output
+    std::string responsibilities; ///< --responsibilities CSV (as `fit` writes it), empty: none
     CsvOptions csv;           ///< --delimiter, --missing
 };
 

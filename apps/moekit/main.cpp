@@ -1,33 +1,24 @@
 /// @file main.cpp
-/// The `moekit` command-line tool: the root app, the subcommands, and the one place where
-/// errors become exit codes:
+/// The `moekit` command-line tool: parses the root app (make_app, app.cpp), whose subcommands
+/// run from their callbacks, and is the one place where errors become exit codes:
 ///  - 0: success (also --help and --version);
 ///  - 1: bad input or usage: a command-line parse error (CLI11's message), or
 ///       moekit::InvalidArgument / moekit::DataError ("moekit: error: <message>");
-///  - 2: numerical failure (moekit::NumericalError) or any other unexpected exception.
+///  - 2: numerical failure (moekit::NumericalError) or any other unexpected exception;
+///  - 130: a fit stopped by SIGINT (Ctrl-C) or SIGTERM; the best model so far was saved.
 
 #include "commands.hpp"
+#include "interrupt.hpp"
 
 #include <CLI/CLI.hpp>
 
 #include <exception>
 #include <iostream>
+#include <memory>
 
 int main(int argc, char** argv) {
-    CLI::App app{
-        "moekit: classical statistical mixtures of experts (Gaussian and linear-regression "
-        "experts, constant and softmax gates, EM)",
-        "moekit"};
-    app.set_version_flag("--version", "moekit " MOEKIT_VERSION, "Print the version and exit");
-    app.require_subcommand(1);
-    app.footer("Run 'moekit <command> --help' for the options of a command.\n"
-               "Example:\n"
-               "  moekit fit data/faithful.csv -y eruptions,waiting -k 2 -o faithful.json");
-
-    moekit::cli::setup_fit(app);
-    moekit::cli::setup_predict(app);
-    moekit::cli::setup_score(app);
-    moekit::cli::setup_simulate(app);
+    const std::unique_ptr<CLI::App> root = moekit::cli::make_app();
+    CLI::App& app = *root;
 
     // Subcommands run from their CLI11 callbacks inside parse(), so this one try block covers
     // both parsing and the work itself.
@@ -50,5 +41,7 @@ int main(int argc, char** argv) {
         std::cerr << "moekit: error: " << e.what() << '\n';
         return 2;
     }
+    // A fit stopped by SIGINT / SIGTERM saved its best model so far and reported it.
+    if (moekit::cli::interrupt_signal() != 0) return moekit::cli::interrupted_exit_code;
     return 0;
 }

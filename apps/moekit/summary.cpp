@@ -111,8 +111,7 @@ void print_fit_summary(std::ostream& out,
     out << '\n';
 
     // Effective expert sizes Σ_i w_i h_ik from the final E-step.
-    const moekit::Matrix resp = result.responsibilities.log_resp.array().exp().matrix();
-    const moekit::Vector sizes = resp.transpose() * data.weights;
+    const moekit::Vector sizes = moekit::expert_sizes(result.responsibilities, data);
     const auto* constant = std::get_if<moekit::ConstantGate>(&model.gate);
     for (moekit::Index k = 0; k < n_experts; ++k) {
         out << "\nexpert " << k + 1 << ":";
@@ -129,6 +128,51 @@ void print_fit_summary(std::ostream& out,
             labels.push_back(name);
         print_table(out, "  ", labels, numbered("expert ", n_experts), softmax->coefficients);
     }
+    if (const auto* tree = std::get_if<moekit::TreeGate>(&model.gate)) {
+        std::vector<std::string> labels{"intercept"};
+        for (const auto& name : model.gate_input_names)
+            labels.push_back(name);
+        const auto diagnostics = moekit::tree_diagnostics(
+            *tree, data, moekit::responsibility_matrix(result.responsibilities));
+        for (const auto& d : diagnostics) {
+            const auto j = static_cast<std::size_t>(d.node);
+            out << "\ntree node " << d.node + 1 << " (depth " << d.depth << "): responsibility mass "
+                << short_number(d.responsibility_mass) << ", gate entropy " << short_number(d.gate_entropy)
+                << " nats, hard/soft disagreement " << short_number(100.0 * d.disagreement) << "%\n";
+            print_table(out, "  ", labels, numbered("child ", tree->nodes[j].cols()), tree->nodes[j]);
+        }
+    }
+}
+
+void print_diagnostics(std::ostream& out, const moekit::Diagnostics& d) {
+    out << "\ndiagnostics:\n";
+    out << "  ICL: " << fixed_number(d.icl) << " (BIC + 2 x entropy; MAP version "
+        << fixed_number(d.icl_map) << ")\n";
+    out << "  entropy: " << short_number(d.entropy) << " nats (normalised "
+        << short_number(d.normalized_entropy) << ")\n";
+    if (d.fit_history) {
+        const moekit::FitHistoryDiagnostics& h = *d.fit_history;
+        out << "  log-likelihood trace monotone: " << (h.monotone ? "yes" : "no");
+        if (!h.monotone) out << " (largest decrease " << short_number(h.largest_decrease) << ")";
+        out << '\n';
+        out << "  restarts reaching the best log-likelihood: " << h.restarts.reached_best << " of "
+            << h.restarts.count << " (spread " << short_number(h.restarts.spread);
+        if (h.restarts.failed > 0) out << ", " << h.restarts.failed << " failed";
+        out << ")\n";
+        out << "  interventions: " << h.interventions.size() << '\n';
+    }
+    const auto k = static_cast<moekit::Index>(d.experts.size());
+    moekit::Matrix table(k, 6);
+    for (moekit::Index j = 0; j < k; ++j) {
+        const moekit::ExpertDiagnostics& e = d.experts[static_cast<std::size_t>(j)];
+        table.row(j) << e.effective_size, e.gate_mass, e.hard_size, e.average_posterior,
+            e.min_eigenvalue, e.condition_number;
+    }
+    print_table(out,
+                "  ",
+                numbered("expert ", k),
+                {"size", "gate mass", "hard size", "AvePP", "min eigenvalue", "condition"},
+                table);
 }
 
 } // namespace moekit::cli

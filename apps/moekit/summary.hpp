@@ -25,4 +25,10 @@ void print_fit_summary(std::ostream& out,
                        const moekit::FitOptions& options,
                        const moekit::FitResult& result);
 
+/// Writes the diagnostics block after the summary: ICL (both conventions), the entropy of the
+/// responsibilities, the health of the fit (monotone trace, restarts that reached the best
+/// log-likelihood, interventions) and a table with one row per expert: effective size, gate
+/// mass, hard size, AvePP, smallest covariance eigenvalue and condition number.
+void print_diagnostics(std::ostream& out, const moekit::Diagnostics& diagnostics);
+
 } // namespace moekit::cli

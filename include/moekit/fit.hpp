@@ -10,6 +10,7 @@
 #include "moekit/rng.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,12 +34,23 @@ std::string_view to_string(InitMethod method);
 /// Parses "auto", "kmeans++", "random" or "lines" (case-insensitive). @throws InvalidArgument.
 InitMethod parse_init_method(std::string_view text);
 
+/// Where a running fit is, for progress displays and interruption.
+struct FitProgress {
+    int restart = 0;             ///< current start, 0-based
+    int n_restarts = 1;          ///< number of starts
+    int iteration = 0;           ///< EM iterations done in this start
+    double log_likelihood = 0.0; ///< after the last E-step
+};
+
 /// Every option of a fit, with its default. CLI flags mirror the names (--max-iter ...).
 struct FitOptions {
     ExpertKind expert = ExpertKind::Gaussian;
     GateKind gate = GateKind::Constant;
     CovarianceType covariance = CovarianceType::Full;
     Index n_experts = 2;        ///< K >= 1
+    /// Branching factors of a tree gate (GateKind::Tree), root first, e.g. {2, 3} for "2x3";
+    /// n_experts must equal their product. Empty for the other gates.
+    std::vector<Index> tree;
     int max_iter = 1000;        ///< EM iterations per start
     /// Convergence: stop when the mean per-sample log-likelihood changes by less than tol.
     double tol = 1e-10;
@@ -48,6 +60,10 @@ struct FitOptions {
     int kmeans_iter = 20;       ///< Lloyd iterations after k-means++ seeding
     ExpertRegularization regularization; ///< reg_covar, min_expert_size
     GateOptions gate_options;            ///< gate_l2, newton_steps
+    /// Called after every EM iteration (not saved in model files). Returning false stops the
+    /// fit after that iteration: no further starts run, the best model so far is returned with
+    /// `converged = false` and `interrupted = true`. Used for progress and for Ctrl-C.
+    std::function<bool(const FitProgress&)> on_iteration;
 };
 
 /// Checks every option is in range. @throws InvalidArgument naming the option and a remedy.
@@ -67,6 +83,7 @@ struct Intervention {
 struct FitResult {
     Model model;
     bool converged = false;
+    bool interrupted = false;    ///< stopped by FitOptions::on_iteration returning false
     int iterations = 0;          ///< EM iterations of the winning start
     double log_likelihood = 0.0; ///< Σ_i w_i log p(y_i | x_i) of the returned model
     std::vector<double> trace;   ///< log-likelihood after each E-step of the winning start

@@ -13,6 +13,7 @@
 
 #include <string_view>
 #include <variant>
+#include <vector>
 
 namespace moekit {
 
@@ -27,11 +28,26 @@ struct SoftmaxGate {
     Matrix coefficients;
 };
 
-using Gate = std::variant<ConstantGate, SoftmaxGate>;
+/// Hierarchical mixture of experts (Jordan & Jacobs): a tree of softmax gates on z.
+///
+/// `branching[l]` is the number of children of every internal node at depth l (root: l = 0),
+/// so `--tree 2x3` is {2, 3}: a root with 2 children, each with 3 leaves, 6 experts. Internal
+/// nodes are stored breadth-first: depth l holds Π_{m<l} branching[m] nodes, node p at depth l
+/// has children p·b_l + c at depth l + 1. Leaves (experts) are numbered in the same order, so
+/// the experts under one node are contiguous. Each node is a softmax over its children,
+/// g(c | node, z) = softmax(V_nodeᵀ z̃)_c; a leaf's gate probability is the product along its
+/// path.
+struct TreeGate {
+    std::vector<Index> branching; ///< children per internal node at each depth, root first; each >= 2
+    std::vector<Matrix> nodes;    ///< internal nodes breadth-first; node at depth l: (g+1)×branching[l],
+                                  ///< column 0 identically 0
+};
 
-enum class GateKind { Constant, Softmax };
+using Gate = std::variant<ConstantGate, SoftmaxGate, TreeGate>;
+
+enum class GateKind { Constant, Softmax, Tree };
 std::string_view to_string(GateKind kind);
-/// Parses "constant" or "softmax" (case-insensitive). @throws InvalidArgument.
+/// Parses "constant", "softmax" or "tree" (case-insensitive). @throws InvalidArgument.
 GateKind parse_gate_kind(std::string_view text);
 GateKind gate_kind(const Gate& gate);
 
@@ -78,5 +94,44 @@ double gate_penalty(const Gate& gate, double gate_l2);
 
 Index n_parameters(const Gate& gate);
 Index n_experts(const Gate& gate);
+
+/// Parses a tree shape such as "2x3" or "2x2x2" into branching factors.
+/// @throws InvalidArgument unless every factor is an integer >= 2, the depth is at most 16 and
+/// the number of experts at most 4096.
+std::vector<Index> parse_tree_shape(std::string_view text);
+/// "2x3" for {2, 3}.
+std::string format_tree_shape(const std::vector<Index>& branching);
+/// Number of internal nodes of a tree: Σ_l Π_{m<l} branching[m].
+Index tree_n_nodes(const std::vector<Index>& branching);
+/// Depth of each internal node (breadth-first order).
+std::vector<Index> tree_node_depths(const std::vector<Index>& branching);
+/// A tree whose nodes all give equal probabilities (coefficients 0), for g gate inputs.
+TreeGate make_tree_gate(const std::vector<Index>& branching, Index n_gate_inputs);
+
+/// Gradient of the log-likelihood Σ_i w_i log p(y_i | x_i) with respect to the gate
+/// coefficients, minus the gradient of the L2 penalty, at responsibilities `resp` (n×K) computed
+/// from the same model (Fisher's identity). One matrix per softmax (flat softmax: one; tree: one
+/// per internal node, breadth-first; constant gate: one 1×K matrix for the logits
+/// log π_k − log π_1), each the shape of the coefficients, column 0 zero:
+/// ∂/∂V_node[:, c] = Σ_i w_i z̃_i (h_{child c, i} − h_{node, i} g(c | node, z_i)) − λ V (slopes).
+std::vector<Matrix> gate_gradient(const Gate& gate, const Dataset& data, const ConstMatrixRef& resp, double gate_l2);
+
+/// Hard routing: each sample's expert chosen by following the most probable child at every node
+/// (a tree touches depth-many gates); for flat gates the most probable expert. n indices.
+Eigen::VectorXi route_hard(const Gate& gate, const Dataset& data);
+
+/// Per-node diagnostics of a tree gate.
+struct TreeNodeDiagnostics {
+    Index node = 0;             ///< breadth-first index
+    Index depth = 0;
+    double responsibility_mass = 0.0; ///< Σ_i w_i h_{node,i}: the data's share of the node
+    double gate_entropy = 0.0;  ///< mean entropy (nats) of g(· | node, z_i), weighted by w_i h_{node,i}
+    double disagreement = 0.0;  ///< among samples hard-routed through the node (weighted), the share
+                                ///< whose hard choice there differs from the child holding their most
+                                ///< probable expert under the soft gate
+};
+
+/// Diagnostics of every internal node. @param resp n×K responsibilities of the data.
+std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& gate, const Dataset& data, const ConstMatrixRef& resp);
 
 } // namespace moekit

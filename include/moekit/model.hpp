@@ -34,6 +34,10 @@ struct Responsibilities {
 /// E-step: normalises log_joint row by row with the one log-sum-exp.
 Responsibilities e_step(const Model& model, const Dataset& data);
 
+/// E-step into existing storage: the same result as e_step, written to `out`, whose matrices
+/// are reused when they already have the right size (no allocation inside an EM loop).
+void e_step(const Model& model, const Dataset& data, Responsibilities& out);
+
 /// Σ_i w_i log p(y_i | x_i) (weighted log-likelihood).
 double log_likelihood(const Model& model, const Dataset& data);
 
@@ -48,6 +52,20 @@ Matrix predict_mean(const Model& model, const Dataset& data);
 
 /// Most probable expert under the gate, argmax_k g_k(z_i): n indices.
 Eigen::VectorXi predict_expert(const Model& model, const Dataset& data);
+
+/// Hard routing (see route_hard in gates.hpp): the mean of the one expert each sample is routed
+/// to, x̃_i W_{route(i)}: n×q.
+Matrix predict_mean_hard(const Model& model, const Dataset& data);
+
+/// log p_{route(i)}(y_i | x_i) for each sample: the log-likelihood of hard routing, as if the gate
+/// put all its mass on the routed expert. n values.
+Vector log_likelihood_samples_hard(const Model& model, const Dataset& data);
+
+/// Responsibilities as probabilities, exp(log_resp): n×K, rows sum to 1.
+Matrix responsibility_matrix(const Responsibilities& r);
+
+/// Effective expert sizes Σ_i w_i h_ik: K values summing to Σ_i w_i.
+Vector expert_sizes(const Responsibilities& r, const Dataset& data);
 
 /// Free parameters: gate plus experts.
 Index n_parameters(const Model& model);

@@ -5,6 +5,7 @@
 /// round trip is bit-exact. Loading validates everything and rejects corrupt, truncated or
 /// future-version files with a clear message.
 
+#include "moekit/diagnostics.hpp"
 #include "moekit/fit.hpp"
 
 #include <optional>
@@ -39,10 +40,16 @@ FitRecord make_fit_record(const FitResult& result, const FitOptions& options);
 struct ModelFile {
     Model model;
     std::optional<FitRecord> fit;
+    /// The file's optional `diagnostics` object (files written before it existed have none).
+    std::optional<Diagnostics> diagnostics;
 };
 
-/// Serialises to the JSON text of a model file (pretty-printed, ends with a newline).
-std::string model_to_json(const Model& model, const FitRecord* fit = nullptr);
+/// Serialises to the JSON text of a model file (pretty-printed, ends with a newline), with the
+/// optional `fit` and `diagnostics` objects. Non-finite diagnostics values (an AvePP of an
+/// expert that no sample is assigned to) are written as null.
+std::string model_to_json(const Model& model,
+                          const FitRecord* fit = nullptr,
+                          const Diagnostics* diagnostics = nullptr);
 
 /// Parses and validates model-file text. `source` names the file in messages.
 /// @throws DataError for malformed JSON, a wrong format or future version, missing or
@@ -51,7 +58,10 @@ std::string model_to_json(const Model& model, const FitRecord* fit = nullptr);
 ModelFile model_from_json(const std::string& text, const std::string& source);
 
 /// Writes a model file atomically (see write_file_atomic).
-void save_model(const std::string& path, const Model& model, const FitRecord* fit = nullptr);
+void save_model(const std::string& path,
+                const Model& model,
+                const FitRecord* fit = nullptr,
+                const Diagnostics* diagnostics = nullptr);
 
 /// Reads and validates a model file. @throws DataError.
 ModelFile load_model(const std::string& path);

@@ -1,0 +1,186 @@
+#pragma once
+// Internal (not installed): the fixed sample-block partition and the blocked kernels of the
+// E-step and M-step (docs/performance.md).
+//
+// Every loop over samples runs over blocks of `block_rows` consecutive rows, in parallel
+// (OpenMP, static schedule) when there is more than one block. The partition depends only on
+// n, never on the number of threads. Per-sample results (log densities, responsibilities) are
+// computed the same way whichever thread computes them; sums over samples are accumulated
+// per block and the block partials are added in block order (an ordered reduction). So every
+// result is bit-identical for any number of threads.
+//
+// The kernels below do their own vectorised arithmetic (Eigen packets) and never call an
+// Eigen product with a long inner dimension: Eigen chooses its GEMM blocking from the number
+// of threads, which would break the bit-identity.
+
+#include "moekit/covariance.hpp"
+#include "moekit/experts.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace moekit::detail {
+
+/// Rows per sample block: a block of up to 16 columns fits in L2 (512 KB).
+inline constexpr Index block_rows = 4096;
+
+/// Number of sample blocks of n rows.
+inline Index n_blocks(Index n) { return (n + block_rows - 1) / block_rows; }
+
+/// First row of block b.
+inline Index block_begin(Index b) { return b * block_rows; }
+
+/// Rows of block b of n rows.
+inline Index block_size(Index b, Index n) {
+    const Index rest = n - b * block_rows;
+    return rest < block_rows ? rest : block_rows;
+}
+
+/// Threads an OpenMP region may use (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/// This thread's number inside an OpenMP region (0 outside or without OpenMP).
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/// Calls body(b, scratch[t]) for every block b of n rows, in parallel over blocks (static
+/// schedule) when there is more than one; t is the calling thread, and `scratch` is resized to
+/// max_threads() entries made by make_scratch() (allocated once per call, not per block). The
+/// body must only write what block b owns.
+template <class Scratch, class MakeScratch, class Body>
+void for_each_block(Index n, std::vector<Scratch>& scratch, MakeScratch make_scratch, Body body) {
+    const Index nb = n_blocks(n);
+    const int threads = nb > 1 ? max_threads() : 1;
+    scratch.clear();
+    for (int t = 0; t < threads; ++t) scratch.push_back(make_scratch());
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (Index b = 0; b < nb; ++b) body(b, scratch[static_cast<std::size_t>(thread_id())]);
+}
+
+/// An ordered reduction over the sample blocks of n rows: compute(b, slot, scratch) writes the
+/// partial of block b (slot_size doubles, zero-initialised) and runs in parallel; then
+/// add(slot, b) is called for b = 0, 1, ... in order, on one thread. Blocks run in rounds of a
+/// few per thread, so the partials take O(threads · slot_size) memory, not O(n / block_rows ·
+/// slot_size); the result does not depend on the rounds or the threads, only on the order of
+/// the additions, which is fixed.
+template <class Scratch, class MakeScratch, class Compute, class Add>
+void reduce_blocks(Index n,
+                   Index slot_size,
+                   std::vector<Scratch>& scratch,
+                   MakeScratch make_scratch,
+                   Compute compute,
+                   Add add) {
+    const Index nb = n_blocks(n);
+    const int threads = nb > 1 ? max_threads() : 1;
+    scratch.clear();
+    for (int t = 0; t < threads; ++t) scratch.push_back(make_scratch());
+    // At least 4 blocks per thread per round (load balance), at most 2^22 doubles of partials.
+    const Index budget = std::max<Index>(1, (Index{1} << 22) / std::max<Index>(1, slot_size));
+    const Index round = std::min(nb, std::max<Index>(4 * threads, std::min<Index>(budget, 64)));
+    std::vector<double> slots(static_cast<std::size_t>(round * slot_size));
+    for (Index first = 0; first < nb; first += round) {
+        const Index count = std::min(round, nb - first);
+        std::fill(slots.begin(), slots.begin() + count * slot_size, 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && count > 1)
+        for (Index r = 0; r < count; ++r)
+            compute(first + r, slots.data() + r * slot_size, scratch[static_cast<std::size_t>(thread_id())]);
+        for (Index r = 0; r < count; ++r) add(static_cast<const double*>(slots.data() + r * slot_size), first + r);
+    }
+}
+
+/// Log density of N(0, Σ) at rows [0, rows) of a column-major block: r_i = y_i − shift
+/// (shift: q values, or nullptr for 0), out[i] = −½(q log 2π + log|Σ|) − ½‖L⁻¹ r_i‖². Forward
+/// substitution on packets of samples; `diagonal` skips the off-diagonal part of L (diag and
+/// spherical covariances, q = 1). @param scratch density_scratch_size(q) doubles.
+void gaussian_log_density_block(const double* y,
+                                Index ldy,
+                                Index rows,
+                                Index q,
+                                const double* shift,
+                                const CovarianceFactor& factor,
+                                bool diagonal,
+                                double* out,
+                                double* scratch);
+
+/// Scratch doubles gaussian_log_density_block needs for q targets.
+Index density_scratch_size(Index q);
+
+/// Per-thread work space of the expert kernels, allocated once per call of a blocked
+/// operation (never per block).
+struct ExpertScratch {
+    Matrix residuals;                   ///< block_rows × q
+    std::vector<const double*> columns; ///< column pointers of a block
+    std::vector<double> weights;        ///< block_rows weights w_i h_ik
+    std::vector<double> buffer;         ///< density kernel scratch
+};
+
+/// Sizes `s` for `experts` (q targets, p = d + 1 design columns).
+void reserve_scratch(ExpertScratch& s, const Experts& experts);
+
+/// log p_k(y_i | x_i) for rows [begin, begin + rows) of `data`, written to out[i + k·ld].
+void expert_log_densities_block(const Experts& experts,
+                                const Dataset& data,
+                                Index begin,
+                                Index rows,
+                                double* out,
+                                Index ld,
+                                ExpertScratch& scratch);
+
+/// Row-wise log-sum-exp of rows [0, rows) of a column-major block `a` (leading dimension lda,
+/// `cols` columns), rows <= block_rows; the contract of log_sum_exp_rows.
+void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out);
+
+/// out = exp(a) elementwise (out is resized to a's shape, reusing its storage when the shape
+/// already matches), in parallel over sample blocks: responsibilities from log
+/// responsibilities without a serial pass or an allocation inside an EM loop. Results below the
+/// smallest normal double (a < −708) are flushed to 0: subnormals are slow and negligible.
+void exp_blocked(const ConstMatrixRef& a, Matrix& out);
+
+/// Σ_i w_i a_ik for each column k (K values), as an ordered blocked reduction: the effective
+/// expert sizes, bit-identical for any number of threads.
+Vector weighted_column_sums(const ConstMatrixRef& a, const ConstVectorRef& w);
+
+/// Row-wise log-softmax in place of a block, as log_softmax_rows_in_place; the row
+/// normalisers go to `norm`.
+void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* norm);
+
+/// Rows j < jrows of the upper triangle of Uᵀ diag(a) U, for the block U of `rows` <=
+/// block_rows rows whose m columns start at u[0..m): S(j, l) = Σ_i a_i U_ij U_il for j < jrows,
+/// j <= l < m, written to the column-major m×m `s` (other entries untouched). Fixed summation
+/// order (packet lanes, then the tail).
+void weighted_crossprod_block(const double* a, const double* const* u, Index rows, Index m, Index jrows, double* s);
+
+/// Σ_i a_i U_ij² for each of the m columns (the diagonal of the above only), written to s[j].
+void weighted_sumsq_block(const double* a, const double* const* u, Index rows, Index m, double* s);
+
+/// out[j] = Σ_i u_j(i) b(i) for the nu columns u_j of a block (rows <= block_rows), fixed
+/// summation order.
+void dot_columns_block(const double* const* u, Index nu, const double* b, Index rows, double* out);
+
+/// Σ_i w_i h_i t_i over the rows with h_i > 0 (terms with h_i = 0 count 0 even where t_i is
+/// −∞), fixed summation order.
+double masked_weighted_sum_block(const double* w, const double* h, const double* t, Index rows);
+
+/// out[i] = exp(a[i]) for a block, with results below the smallest normal double flushed to 0.
+void exp_block(const double* a, Index rows, double* out);
+
+/// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows×q, leading
+/// dimension ldr).
+void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr);
+
+} // namespace moekit::detail
