@@ -140,7 +140,7 @@ Csv read_csv_file(const std::string& path) {
     while (std::getline(in, line)) {
         std::vector<double> row;
         for (const auto& cell : split(line, ','))
-            row.push_back(std::stod(cell));
+            row.push_back(std::strtod(cell.c_str(), nullptr)); // stod throws on subnormals
         csv.rows.push_back(std::move(row));
     }
     return csv;
@@ -212,7 +212,7 @@ TEST_CASE("cli: --version prints the version and exits 0", "[cli]") {
 
 TEST_CASE("cli: --help of every subcommand ends with an example on the bundled data", "[cli]") {
     TempDir dir;
-    for (const std::string command : {"fit", "predict", "score", "simulate"}) {
+    for (const std::string command : {"fit", "predict", "score", "simulate", "select", "report"}) {
         INFO("subcommand " << command);
         const RunResult result = run(dir, {command, "--help"});
         CHECK(result.exit_code == 0);
@@ -239,14 +239,12 @@ TEST_CASE("cli: --help of every subcommand ends with an example on the bundled d
     }
 }
 
-TEST_CASE("cli: the root help lists exactly the four subcommands", "[cli]") {
+TEST_CASE("cli: the root help lists the six subcommands", "[cli]") {
     TempDir dir;
     const RunResult result = run(dir, {"--help"});
     CHECK(result.exit_code == 0);
-    for (const std::string command : {"fit", "predict", "score", "simulate"})
+    for (const std::string command : {"fit", "predict", "score", "simulate", "select", "report"})
         CHECK(result.out.find("\n  " + command + " ") != std::string::npos);
-    CHECK(result.out.find("select") == std::string::npos);
-    CHECK(result.out.find("report") == std::string::npos);
 }
 
 TEST_CASE("cli: no subcommand or an unknown one is a usage error", "[cli]") {

@@ -318,8 +318,7 @@ TEST_CASE("diagnose: tree gates report their nodes", "[diagnostics][tree]") {
     spec.targets = {"yn"};
     spec.inputs = {"x"};
     spec.gate_inputs = {"x"};
-    const moekit::Dataset data =
-        moekit::read_csv(data_dir + "/NPreg.csv", spec);
+    const moekit::Dataset data = moekit::read_csv(data_dir + "/NPreg.csv", spec);
     moekit::FitOptions options;
     options.expert = moekit::ExpertKind::Linear;
     options.gate = moekit::GateKind::Tree;

@@ -336,7 +336,7 @@ std::string sizes_figure(const moekit::Diagnostics& d) {
 }
 
 /// The criterion against the number of experts, one curve per covariance and gate.
-std::string criterion_figure(const moekit::SelectionTable& table, const moekit::Model& model) {
+std::string criterion_figure(const moekit::SelectionTable& table) {
     std::map<std::string, std::vector<std::tuple<double, double, bool>>> series;
     std::vector<std::string> order;
     std::vector<double> xs;
@@ -409,7 +409,6 @@ std::string criterion_figure(const moekit::SelectionTable& table, const moekit::
     }
     svg += legend(f.left, 20, items);
     svg += "</svg>\n";
-    (void)model;
     return figure("Model selection",
                   svg,
                   criterion +
@@ -1249,7 +1248,7 @@ std::string render_report_html(const ReportData& r) {
     h += "<section class=\"two\">\n" + sizes_figure(d) +
          (restarts.empty() ? "<div></div>\n" : restarts) + "</section>\n";
     if (d.selection && !d.selection->candidates.empty())
-        h += "<section class=\"two\">\n" + criterion_figure(*d.selection, model) +
+        h += "<section class=\"two\">\n" + criterion_figure(*d.selection) +
              top_candidates(*d.selection) + "</section>\n";
 
     if (r.one_input)

@@ -61,8 +61,8 @@ moekit::CsvSpec spec_of(std::uint8_t control) {
     if ((control & 16U) != 0) spec.weights = "w";
     if ((control & 32U) != 0) spec.inputs = {"x"};
     if ((control & 64U) != 0) spec.gate_inputs = {"x", "z"};
-    spec.targets = (control & 128U) != 0 ? std::vector<std::string>{"a"}
-                                         : std::vector<std::string>{"a", "b"};
+    spec.targets =
+        (control & 128U) != 0 ? std::vector<std::string>{"a"} : std::vector<std::string>{"a", "b"};
     return spec;
 }
 
@@ -113,7 +113,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check_dataset(dataset, spec, report);
     // The header names every column that was read.
     const std::vector<std::string> header = moekit::read_csv_header(path, spec.delimiter);
-    for (const auto* names : {&dataset.target_names, &dataset.input_names, &dataset.gate_input_names})
+    for (const auto* names :
+         {&dataset.target_names, &dataset.input_names, &dataset.gate_input_names})
         for (const std::string& name : *names)
             FUZZ_CHECK(std::count(header.begin(), header.end(), name) == 1);
     return 0;

@@ -85,8 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     moekit::validate(file.model, "fuzz_model_file");
 
-    const std::string saved =
-        moekit::model_to_json(file.model, file.fit ? &*file.fit : nullptr);
+    const std::string saved = moekit::model_to_json(file.model, file.fit ? &*file.fit : nullptr);
     const moekit::ModelFile again = moekit::model_from_json(saved, source);
     FUZZ_CHECK(again.fit.has_value() == file.fit.has_value());
     FUZZ_CHECK(moekit::model_to_json(again.model, again.fit ? &*again.fit : nullptr) == saved);
