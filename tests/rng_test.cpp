@@ -50,7 +50,7 @@ TEST_CASE("derive_seed gives different streams", "[rng]") {
     REQUIRE(moekit::derive_seed(7, 3) == moekit::derive_seed(7, 3));
 }
 
-TEST_CASE("uniform01 lies in [0, 1) with 53-bit resolution and mean 1/2", "[rng]") {
+TEST_CASE("uniform01 lies in the half-open unit interval with 53-bit resolution and mean 1/2", "[rng]") {
     moekit::Rng rng(123);
     double sum = 0.0;
     double sum_sq = 0.0;
@@ -108,7 +108,7 @@ TEST_CASE("standard_normal has mean 0 and variance 1 within 4 standard errors", 
     REQUIRE(non_finite == 0);
 }
 
-TEST_CASE("uniform_index covers [0, n) uniformly", "[rng]") {
+TEST_CASE("uniform_index covers 0 to n-1 uniformly", "[rng]") {
     moekit::Rng rng(31337);
     constexpr std::uint64_t n = 7;
     constexpr int draws = 70000;
