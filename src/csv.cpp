@@ -1,4 +1,5 @@
 #include "moekit/csv.hpp"
+#include "moekit/gates.hpp"
 
 #include "moekit/errors.hpp"
 
@@ -505,7 +506,7 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
                                "Use ',', ';', '\\t' or another single character.");
     }
     if (spec.targets.empty() && spec.inputs.empty() && spec.gate_inputs.empty() &&
-        spec.weights.empty()) {
+        spec.weights.empty() && spec.key.empty()) {
         throw_invalid_argument("read_csv",
                                "spec",
                                "empty (no targets, inputs, gate inputs or weights)",
@@ -583,6 +584,17 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
         weight_slot = slot_of(spec.weights);
         slots[weight_slot].is_weight = true;
     }
+    // The key column is text: located in the header, hashed row by row, never parsed as a number.
+    std::size_t key_field = 0;
+    if (!spec.key.empty()) {
+        const auto found = std::find(header.begin(), header.end(), spec.key);
+        if (found == header.end())
+            throw_data_error(name, header_line, printable(spec.key), unknown_column_problem(spec.key, header, delimiter));
+        if (std::find(found + 1, header.end(), spec.key) != header.end())
+            throw_data_error(name, header_line, printable(spec.key), "duplicate column name in the header");
+        key_field = static_cast<std::size_t>(found - header.begin());
+    }
+    std::vector<std::uint64_t> keys;
 
     // Header fields in file order that are read, for a left-to-right scan of each row.
     std::vector<std::size_t> order(slots.size());
@@ -622,6 +634,26 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
                              *line);
         }
         bool missing = false;
+        std::uint64_t key = 0;
+        if (!spec.key.empty()) {
+            const Field& field = fields[key_field];
+            const std::string_view text = field.quoted ? trim(field.text, delimiter) : field.text;
+            if (text.empty() || is_na(text)) {
+                if (!drop_missing)
+                    throw_data_error(name, line_number, printable(spec.key),
+                                     text.empty() ? "empty cell" : "missing value (NA)", field.text);
+                missing = true;
+            } else if (field.escaped) {
+                std::string unescaped; // "" inside quotes is one literal quote
+                for (std::size_t c = 0; c < text.size(); ++c) {
+                    unescaped.push_back(text[c]);
+                    if (text[c] == '"' && c + 1 < text.size() && text[c + 1] == '"') ++c;
+                }
+                key = hash_key(unescaped);
+            } else {
+                key = hash_key(text);
+            }
+        }
         for (const std::size_t s : order) {
             const Slot& slot = slots[s];
             const Field& field = fields[slot.field];
@@ -667,6 +699,7 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
         }
         for (std::size_t s = 0; s < slots.size(); ++s)
             slots[s].values.push_back(row[s]);
+        if (!spec.key.empty()) keys.push_back(key);
         line_numbers.push_back(line_number);
     }
     lines.reset();
@@ -698,6 +731,8 @@ Dataset read_csv(const std::string& path, const CsvSpec& spec, CsvReport* report
     data.target_names = targets;
     data.input_names = spec.inputs;
     data.gate_input_names = spec.gate_inputs;
+    data.keys = std::move(keys);
+    data.key_name = spec.key;
 
     std::vector<double*> destinations;
     for (std::size_t s = 0; s < slots.size(); ++s) {

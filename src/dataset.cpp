@@ -147,6 +147,10 @@ void validate(const Dataset& data, const char* function) {
                                "Drop rows with zero weight instead of weighting them by 0.");
     }
 
+    if (!data.keys.empty() && data.keys.size() != static_cast<std::size_t>(n)) {
+        throw_invalid_argument(function, "keys.size()", std::to_string(data.keys.size()),
+                               concat({"it must be 0 or the number of samples n = ", std::to_string(n)}));
+    }
     if (!data.line_numbers.empty() && data.line_numbers.size() != static_cast<std::size_t>(n)) {
         throw_invalid_argument(
             function,

@@ -1,6 +1,7 @@
 #include "moekit/fit.hpp"
 
 #include "detail.hpp"
+#include "optimize.hpp"
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
@@ -19,8 +20,50 @@ std::string_view to_string(InitMethod method) {
     case InitMethod::RandomLines: return "lines";
     case InitMethod::Random: return "random";
     case InitMethod::Model: return "model";
+    case InitMethod::Upcycle: return "upcycle";
     }
     return "?";
+}
+
+std::string_view to_string(FitMethod method) {
+    switch (method) {
+    case FitMethod::Auto: return "auto";
+    case FitMethod::EM: return "em";
+    case FitMethod::Gradient: return "gradient";
+    }
+    return "?";
+}
+
+FitMethod parse_fit_method(std::string_view text) {
+    const std::string t = detail::lower_case(text);
+    if (t == "auto") return FitMethod::Auto;
+    if (t == "em") return FitMethod::EM;
+    if (t == "gradient") return FitMethod::Gradient;
+    throw_invalid_argument("parse_fit_method", "method (--method)", "'" + std::string(text) + "'",
+                           "must be auto, em or gradient");
+}
+
+std::string_view to_string(Variant variant) {
+    switch (variant) {
+    case Variant::Standard: return "standard";
+    case Variant::MetaPi: return "meta-pi";
+    case Variant::Hard: return "hard";
+    }
+    return "?";
+}
+
+Variant parse_variant(std::string_view text) {
+    const std::string t = detail::lower_case(text);
+    if (t == "standard") return Variant::Standard;
+    if (t == "meta-pi" || t == "metapi") return Variant::MetaPi;
+    if (t == "hard") return Variant::Hard;
+    throw_invalid_argument("parse_variant", "variant (--variant)", "'" + std::string(text) + "'",
+                           "must be standard, meta-pi or hard");
+}
+
+FitMethod resolved_method(const FitOptions& options) {
+    if (options.method != FitMethod::Auto) return options.method;
+    return options.variant == Variant::MetaPi || options.top_k > 0 ? FitMethod::Gradient : FitMethod::EM;
 }
 
 InitMethod parse_init_method(std::string_view text) {
@@ -29,10 +72,11 @@ InitMethod parse_init_method(std::string_view text) {
     if (t == "random") return InitMethod::Random;
     if (t == "lines" || t == "random-lines") return InitMethod::RandomLines;
     if (t == "auto") return InitMethod::Auto;
+    if (t == "upcycle") return InitMethod::Upcycle;
     throw_invalid_argument("parse_init_method",
                            "init",
                            "'" + std::string(text) + "'",
-                           "must be auto, kmeans++, random, lines, or a model file");
+                           "must be auto, kmeans++, random, lines, upcycle, or a model file");
 }
 
 double aic(double log_likelihood, Index n_parameters) {
@@ -85,6 +129,52 @@ void validate(const FitOptions& o, const char* function) {
         throw_invalid_argument(function, "gate_l2 (--gate-l2)", num(g.gate_l2), "must be finite and >= 0");
     if (g.newton_steps < 1)
         throw_invalid_argument(function, "newton_steps (--newton-steps)", std::to_string(g.newton_steps), "must be >= 1");
+
+    // Variants, sparse gating, upcycling.
+    const FitMethod method = resolved_method(o);
+    if (o.top_k < 0 || o.top_k > o.n_experts)
+        throw_invalid_argument(function, "top_k (--top-k)", std::to_string(o.top_k),
+                               "must be between 0 (dense) and the number of experts (" + std::to_string(o.n_experts) + ")");
+    if (o.top_k > 0) {
+        if (o.gate != GateKind::Softmax)
+            throw_invalid_argument(function, "top_k (--top-k)", std::to_string(o.top_k),
+                                   "sparse top-k gating needs a softmax gate (it is " + std::string(to_string(o.gate)) + ")",
+                                   "Add --gate softmax with gate inputs, or drop --top-k.");
+        if (o.variant != Variant::Standard)
+            throw_invalid_argument(function, "top_k (--top-k)", std::to_string(o.top_k),
+                                   "is not combined with the " + std::string(to_string(o.variant)) + " variant",
+                                   "Use --variant hard for top-1 routing trained by classification EM, or drop --top-k.");
+        if (method != FitMethod::Gradient)
+            throw_invalid_argument(function, "method (--method)", "em", "sparse top-k gating is trained by gradient ascent",
+                                   "Use --method gradient (or auto) with --top-k.");
+    }
+    if (!(o.balance_weight >= 0.0) || !std::isfinite(o.balance_weight))
+        throw_invalid_argument(function, "balance_weight (--balance-weight)", num(o.balance_weight), "must be finite and >= 0");
+    if (!(o.capacity_factor >= 0.0) || !std::isfinite(o.capacity_factor))
+        throw_invalid_argument(function, "capacity_factor (--capacity-factor)", num(o.capacity_factor),
+                               "must be finite and >= 0 (0: no limit)");
+    if ((o.balance_weight > 0.0 || o.capacity_factor > 0.0) && o.top_k == 0)
+        throw_invalid_argument(function, o.balance_weight > 0.0 ? "balance_weight (--balance-weight)" : "capacity_factor (--capacity-factor)",
+                               num(o.balance_weight > 0.0 ? o.balance_weight : o.capacity_factor),
+                               "load balancing and capacity limits apply to sparse top-k gating", "Add --top-k.");
+    if (!(o.upcycle_noise >= 0.0) || !std::isfinite(o.upcycle_noise))
+        throw_invalid_argument(function, "upcycle_noise (--upcycle-noise)", num(o.upcycle_noise), "must be finite and >= 0");
+    if (o.variant == Variant::MetaPi && method == FitMethod::EM)
+        throw_invalid_argument(function, "method (--method)", "em", "meta-pi is trained by gradient descent on the squared error",
+                               "Use --method gradient (or auto) with --variant meta-pi.");
+    if (o.variant == Variant::Hard) {
+        if (method == FitMethod::Gradient)
+            throw_invalid_argument(function, "method (--method)", "gradient", "the hard variant is trained by classification EM",
+                                   "Use --method em (or auto) with --variant hard.");
+        if (o.gate != GateKind::Softmax && o.gate != GateKind::Tree)
+            throw_invalid_argument(function, "variant (--variant)", "hard",
+                                   "routes by the gate's top-1 expert, which needs a softmax or tree gate (it is " +
+                                       std::string(to_string(o.gate)) + ")",
+                                   "Add --gate softmax (or --tree) with gate inputs.");
+    }
+    if (o.gate == GateKind::Hash && o.variant != Variant::Standard)
+        throw_invalid_argument(function, "variant (--variant)", std::string(to_string(o.variant)),
+                               "a hash gate routes every sample to one fixed expert already", "Drop --variant.");
 }
 
 namespace {
@@ -228,7 +318,7 @@ Matrix random_lines_responsibilities(const Dataset& data, ExpertKind kind, Index
         log_resp.col(k) = -0.5 * q * std::log(s2) - 0.5 * cost.col(k).array() / s2;
     }
     log_softmax_rows_in_place(log_resp);
-    return log_resp.array().exp().matrix();
+    return exp_of_log(log_resp);
 }
 
 /// Number of distinct rows of [y x z], counting no further than `limit`.
@@ -257,33 +347,87 @@ double objective(const Model& model, double log_likelihood, const FitOptions& op
 
 } // namespace
 
+namespace {
+
+/// One-hot responsibilities of the hash routing.
+Matrix hash_responsibilities(const Dataset& data, Index K) {
+    Matrix resp = Matrix::Zero(data.n_samples(), K);
+    for (Index i = 0; i < data.n_samples(); ++i) resp(i, hash_expert(data.keys[static_cast<std::size_t>(i)], K)) = 1.0;
+    return resp;
+}
+
+/// A fresh gate of the kind the options ask for: uniform weights, zero softmax coefficients.
+Gate fresh_gate(const Dataset& data, const FitOptions& options) {
+    const Index K = options.n_experts;
+    switch (options.gate) {
+    case GateKind::Constant: return ConstantGate{Vector::Constant(K, 1.0 / static_cast<double>(K))};
+    case GateKind::Softmax: return SoftmaxGate{Matrix::Zero(data.z.cols() + 1, K)};
+    case GateKind::Tree: return make_tree_gate(options.tree, data.z.cols());
+    case GateKind::Hash: return HashGate{data.key_name, K};
+    }
+    return ConstantGate{};
+}
+
+/// Upcycling: one expert fitted to all the data, copied K times with seeded perturbations.
+Experts upcycled_experts(const Dataset& data, const FitOptions& options, const ExpertRegularization& reg, Rng& rng) {
+    const Index n = data.n_samples();
+    Experts one = initial_experts(options.expert, options.covariance, data, Matrix::Ones(n, 1), reg);
+    Experts out = one;
+    out.coefficients.assign(static_cast<std::size_t>(options.n_experts), one.coefficients[0]);
+    out.covariances.assign(static_cast<std::size_t>(options.n_experts), one.covariances[0]);
+    const Vector residual_sd = one.covariances[0].covariance.diagonal().cwiseSqrt();
+    const double total = data.weights.sum();
+    Vector input_sd = Vector::Ones(data.x.cols());
+    for (Index l = 0; l < data.x.cols() && options.expert == ExpertKind::Linear; ++l) {
+        const double mean = data.weights.dot(data.x.col(l)) / total;
+        const double sd = std::sqrt(data.weights.dot((data.x.col(l).array() - mean).square().matrix()) / total);
+        if (sd > 0.0 && std::isfinite(sd)) input_sd(l) = sd;
+    }
+    for (Matrix& w : out.coefficients)
+        for (Index j = 0; j < w.cols(); ++j)
+            for (Index r = 0; r < w.rows(); ++r)
+                w(r, j) += options.upcycle_noise * standard_normal(rng) * residual_sd(j) / (r == 0 ? 1.0 : input_sd(r - 1));
+    return out;
+}
+
+} // namespace
+
 Model initialize(const Dataset& data, const FitOptions& options, Rng& rng) {
     const Index K = options.n_experts;
-    InitMethod method = options.init;
-    if (method == InitMethod::Auto || method == InitMethod::Model)
-        method = options.expert == ExpertKind::Linear ? InitMethod::RandomLines : InitMethod::KMeansPlusPlus;
-    Matrix resp;
-    if (method == InitMethod::Random)
-        resp = random_responsibilities(data.n_samples(), K, rng);
-    else if (method == InitMethod::RandomLines)
-        resp = random_lines_responsibilities(data, options.expert, K, rng);
-    else
-        resp = kmeans_responsibilities(clustering_features(data, options), data.weights, K, options.kmeans_iter, rng);
-
     ExpertRegularization reg = options.regularization;
     if (reg.scale.size() != data.y.cols()) reg.scale = target_scale(data);
     Model model;
-    model.experts = initial_experts(options.expert, options.covariance, data, resp, reg);
     model.target_names = data.target_names;
     if (options.expert == ExpertKind::Linear) model.input_names = data.input_names;
+    if (options.gate == GateKind::Softmax || options.gate == GateKind::Tree) model.gate_input_names = data.gate_input_names;
+    model.top_k = options.top_k;
+
+    if (options.init == InitMethod::Upcycle) {
+        model.experts = upcycled_experts(data, options, reg, rng);
+        model.gate = fresh_gate(data, options);
+        return model;
+    }
+    Matrix resp;
+    if (options.gate == GateKind::Hash) {
+        resp = hash_responsibilities(data, K); // the routing is fixed: start from it
+    } else {
+        InitMethod method = options.init;
+        if (method == InitMethod::Auto || method == InitMethod::Model)
+            method = options.expert == ExpertKind::Linear ? InitMethod::RandomLines : InitMethod::KMeansPlusPlus;
+        if (method == InitMethod::Random)
+            resp = random_responsibilities(data.n_samples(), K, rng);
+        else if (method == InitMethod::RandomLines)
+            resp = random_lines_responsibilities(data, options.expert, K, rng);
+        else
+            resp = kmeans_responsibilities(clustering_features(data, options), data.weights, K, options.kmeans_iter, rng);
+    }
+    model.experts = initial_experts(options.expert, options.covariance, data, resp, reg);
     Vector nk = resp.transpose() * data.weights;
     nk = nk.cwiseMax(1e-8 * nk.sum()); // an empty initial cluster keeps a tiny weight
     if (options.gate == GateKind::Constant) {
         model.gate = ConstantGate{nk / nk.sum()};
     } else {
-        model.gate_input_names = data.gate_input_names;
-        Gate gate = options.gate == GateKind::Tree ? Gate{make_tree_gate(options.tree, data.z.cols())}
-                                                   : Gate{SoftmaxGate{Matrix::Zero(data.z.cols() + 1, K)}};
+        Gate gate = fresh_gate(data, options);
         update_gate(gate, data, resp, options.gate_options);
         model.gate = std::move(gate);
     }
@@ -311,7 +455,7 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     double current_objective = objective(model, current, options);
 
     for (int it = 1; it <= options.max_iter; ++it) {
-        const Matrix h = resp.log_resp.array().exp().matrix();
+        const Matrix h = exp_of_log(resp.log_resp);
         Model candidate = model;
         const ExpertUpdateReport er = update_experts(candidate.experts, data, h, reg);
         for (Index k : er.kept)
@@ -364,6 +508,150 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     return result;
 }
 
+namespace {
+
+ObjectiveOptions objective_options(const FitOptions& options, const Dataset& data) {
+    ObjectiveOptions o;
+    o.gate_l2 = options.gate_options.gate_l2;
+    o.reg_covar = options.regularization.reg_covar;
+    o.scale = options.regularization.scale.size() == data.y.cols() ? options.regularization.scale : target_scale(data);
+    o.balance_weight = options.balance_weight;
+    o.balance = options.balance_loss;
+    o.capacity_factor = options.capacity_factor;
+    return o;
+}
+
+} // namespace
+
+FitResult fit_gradient(const Dataset& data, Model init, const FitOptions& options, int restart) {
+    FitResult result;
+    result.method = FitMethod::Gradient;
+    const bool meta = options.variant == Variant::MetaPi;
+    const ParameterSet set = meta ? ParameterSet::GateAndMeans : ParameterSet::All;
+    const ObjectiveOptions oo = objective_options(options, data);
+    const double gate_l2 = options.gate_options.gate_l2;
+    const Model shape = init;
+    auto objective_at = [&](const Vector& theta, Vector& gradient) -> double {
+        Model m = shape;
+        if (!unpack_parameters(m, theta, set)) return -std::numeric_limits<double>::infinity();
+        return meta ? meta_pi_objective(m, data, gate_l2, &gradient) : likelihood_objective(m, data, oo, &gradient);
+    };
+    Vector trace_gradient;
+    const Vector start = pack_parameters(init, set);
+    const double start_value = objective_at(start, trace_gradient);
+    result.trace.push_back(start_value);
+    if (!std::isfinite(start_value)) {
+        result.model = std::move(init);
+        result.log_likelihood = -std::numeric_limits<double>::infinity();
+        record(result.interventions, {restart, 0, "non_finite", -1, "the initial model gives a non-finite objective"});
+        return result;
+    }
+    bool stopped = false;
+    auto on_step = [&](int it, double value) {
+        result.trace.push_back(value);
+        if (options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, it, value})) {
+            stopped = true;
+            return false;
+        }
+        return true;
+    };
+    const detail::LbfgsResult r =
+        detail::maximize_lbfgs(objective_at, start, options.max_iter, options.tol, data.weights.sum(), on_step);
+    if (static_cast<int>(result.trace.size()) < r.iterations + 1) result.trace.push_back(r.value); // the converging step
+    Model model = shape;
+    unpack_parameters(model, r.theta, set);
+    if (meta) gate_weighted_covariances(model, data, oo.reg_covar, oo.scale);
+    result.iterations = r.iterations;
+    result.converged = r.converged;
+    result.interrupted = stopped;
+    if (r.line_search_failed)
+        record(result.interventions, {restart, r.iterations, "line_search_failed", -1,
+                                      "no step along the gradient increased the objective (a maximum to machine "
+                                      "precision, or a discontinuity where top-k routing changes); stopped there"});
+    result.log_likelihood = log_likelihood(model, data);
+    result.model = std::move(model);
+    return result;
+}
+
+FitResult fit_hard(const Dataset& data, Model init, const FitOptions& options, int restart) {
+    FitResult result;
+    result.method = FitMethod::EM;
+    ExpertRegularization reg = options.regularization;
+    if (reg.scale.size() != data.y.cols()) reg.scale = target_scale(data);
+    const Index n = data.n_samples();
+    const Index K = init.n_experts();
+    Model model = std::move(init);
+    model.top_k = 0; // trained dense; routed top-1 once fitted
+    Eigen::VectorXi labels = Eigen::VectorXi::Constant(n, -1);
+    double previous = -std::numeric_limits<double>::infinity();
+    for (int it = 0; it <= options.max_iter; ++it) {
+        if (it > 0) {
+            Matrix hard = Matrix::Zero(n, K);
+            for (Index i = 0; i < n; ++i) hard(i, labels(i)) = 1.0;
+            Model candidate = model;
+            const ExpertUpdateReport er = update_experts(candidate.experts, data, hard, reg);
+            for (Index k : er.kept)
+                record(result.interventions, {restart, it, "expert_kept", k,
+                                              "expert " + std::to_string(k + 1) +
+                                                  " holds too few samples and kept its parameters"});
+            for (Index k : er.singular)
+                record(result.interventions, {restart, it, "singular_covariance", k,
+                                              "expert " + std::to_string(k + 1) +
+                                                  " had a covariance estimate that is not positive definite and kept its parameters"});
+            if (er.rank_deficient)
+                record(result.interventions, {restart, it, "rank_deficient", -1,
+                                              "a design matrix was rank deficient (collinear inputs): minimum-norm coefficients used"});
+            const GateUpdateReport gr = update_gate(candidate.gate, data, hard, options.gate_options);
+            if (gr.stalled)
+                record(result.interventions, {restart, it, "gate_stalled", -1,
+                                              "a Newton step of the gate found no increase even after step halving"});
+            model = std::move(candidate);
+        }
+        // C-step: each sample to its most responsible expert; classification log-likelihood.
+        const Responsibilities resp = e_step(model, data);
+        Eigen::VectorXi next(n);
+        double value = 0.0;
+        for (Index i = 0; i < n; ++i) {
+            Index best = 0;
+            resp.log_resp.row(i).maxCoeff(&best);
+            next(i) = static_cast<int>(best);
+            value += data.weights(i) * (resp.log_resp(i, best) + resp.log_norm(i));
+        }
+        if (!std::isfinite(value)) {
+            record(result.interventions, {restart, it, "non_finite", -1,
+                                          "the classification log-likelihood became non-finite; stopped"});
+            break;
+        }
+        if (value < previous - 1e-9 * std::max(1.0, std::abs(previous)))
+            record(result.interventions, {restart, it, "likelihood_decrease", -1,
+                                          "the classification log-likelihood decreased from " + format_number(previous) +
+                                              " to " + format_number(value)});
+        result.trace.push_back(value);
+        result.iterations = it;
+        const bool same = (next.array() == labels.array()).all();
+        labels = next;
+        previous = value;
+        if (same) {
+            result.converged = true;
+            break;
+        }
+        if (it > 0 && options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, it, value})) {
+            result.interrupted = true;
+            break;
+        }
+    }
+    // How often the top-1 gate route and the most responsible expert disagree.
+    const Eigen::VectorXi route = route_hard(model.gate, data);
+    double differ = 0.0;
+    for (Index i = 0; i < n; ++i)
+        if (route(i) != labels(i)) differ += data.weights(i);
+    result.hard_disagreement = differ / data.weights.sum();
+    model.top_k = 1;
+    result.log_likelihood = log_likelihood(model, data);
+    result.model = std::move(model);
+    return result;
+}
+
 FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_start) {
     constexpr const char* fn = "fit";
     validate(options, fn);
@@ -378,7 +666,10 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
     }
     if (options.expert == ExpertKind::Linear && data.x.cols() < 1)
         throw_invalid_argument(fn, "the number of expert inputs", "0", "linear experts need at least one", "Name input columns with --inputs.");
-    if (options.gate != GateKind::Constant && data.z.cols() < 1)
+    if (options.gate == GateKind::Hash && static_cast<Index>(data.keys.size()) != n)
+        throw_invalid_argument(fn, "the hash gate's key column", "not read", "a hash gate routes by a key column",
+                               "Name it with --hash-column.");
+    if ((options.gate == GateKind::Softmax || options.gate == GateKind::Tree) && data.z.cols() < 1)
         throw_invalid_argument(fn, "the number of gate inputs", "0", "a softmax or tree gate needs at least one", "Name gate input columns with --gate-inputs (or --inputs).");
     if (options.n_experts > n)
         throw_invalid_argument(fn, "n_experts (--experts)", std::to_string(options.n_experts),
@@ -409,7 +700,10 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
     for (int r = 0; r < opts.restarts; ++r) {
         Rng rng(derive_seed(opts.seed, static_cast<std::uint64_t>(r)));
         Model init = (r == 0 && warm_start) ? *warm_start : initialize(data, opts, rng);
-        FitResult candidate = fit_em(data, std::move(init), opts, r);
+        init.top_k = opts.top_k; // fit_hard trains dense and routes top-1 at the end
+        FitResult candidate = opts.variant == Variant::Hard        ? fit_hard(data, std::move(init), opts, r)
+                              : resolved_method(opts) == FitMethod::EM ? fit_em(data, std::move(init), opts, r)
+                                                                       : fit_gradient(data, std::move(init), opts, r);
         finals.push_back(candidate.log_likelihood);
         const bool interrupted = candidate.interrupted;
         if (std::isfinite(candidate.log_likelihood) && (!have_best || candidate.log_likelihood > best.log_likelihood)) {
@@ -433,6 +727,10 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
     best.n_samples = data.weights.sum();
     best.aic = aic(best.log_likelihood, best.n_parameters);
     best.bic = bic(best.log_likelihood, best.n_parameters, best.n_samples);
+    best.method = resolved_method(opts);
+    best.mse = mean_squared_error(best.model, data);
+    if (best.model.top_k > 0 && std::holds_alternative<SoftmaxGate>(best.model.gate) && opts.variant == Variant::Standard)
+        likelihood_objective(best.model, data, objective_options(opts, data), nullptr, &best.sparse);
     for (const auto& item : best.interventions)
         best.warnings.push_back("start " + std::to_string(item.restart + 1) + ", iteration " +
                                 std::to_string(item.iteration) + ": " + item.message);
@@ -440,7 +738,9 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         best.warnings.push_back("the fit was interrupted after start " + std::to_string(best.restart_log_likelihoods.size()) +
                                 " of " + std::to_string(opts.restarts) + "; the best model so far is returned");
     else if (!best.converged)
-        best.warnings.push_back("EM did not converge in " + std::to_string(best.iterations) +
+        best.warnings.push_back(std::string(opts.variant == Variant::Hard ? "classification EM"
+                                            : best.method == FitMethod::EM ? "EM" : "gradient ascent") +
+                                " did not converge in " + std::to_string(best.iterations) +
                                 " iterations (--max-iter " + std::to_string(opts.max_iter) + ", --tol " +
                                 format_number(opts.tol) + "); raise --max-iter or --tol");
     return best;

@@ -5,6 +5,7 @@
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -16,6 +17,7 @@ std::string_view to_string(GateKind kind) {
     case GateKind::Constant: return "constant";
     case GateKind::Softmax: return "softmax";
     case GateKind::Tree: return "tree";
+    case GateKind::Hash: return "hash";
     }
     return "?";
 }
@@ -25,13 +27,15 @@ GateKind parse_gate_kind(std::string_view text) {
     if (t == "constant") return GateKind::Constant;
     if (t == "softmax") return GateKind::Softmax;
     if (t == "tree") return GateKind::Tree;
+    if (t == "hash") return GateKind::Hash;
     throw_invalid_argument(
-        "parse_gate_kind", "gate", "'" + std::string(text) + "'", "must be constant, softmax or tree");
+        "parse_gate_kind", "gate", "'" + std::string(text) + "'", "must be constant, softmax, tree or hash");
 }
 
 GateKind gate_kind(const Gate& gate) {
     if (std::holds_alternative<ConstantGate>(gate)) return GateKind::Constant;
     if (std::holds_alternative<SoftmaxGate>(gate)) return GateKind::Softmax;
+    if (std::holds_alternative<HashGate>(gate)) return GateKind::Hash;
     return GateKind::Tree;
 }
 
@@ -119,6 +123,18 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
 }
 
 /// Leaves under one node of depth l: Π_{m>=l} branching[m].
+/// 0 at each sample's hashed expert, −∞ elsewhere.
+Matrix hash_log_probabilities(const HashGate& gate, const Dataset& data) {
+    const Index n = data.n_samples();
+    if (static_cast<Index>(data.keys.size()) != n)
+        throw_invalid_argument("gate_log_probabilities", "data.keys", std::to_string(data.keys.size()) + " keys",
+                               "a hash gate needs one key per sample (" + std::to_string(n) + ")",
+                               "Read the key column '" + gate.column + "' (--hash-column).");
+    Matrix out = Matrix::Constant(n, gate.n_experts, -std::numeric_limits<double>::infinity());
+    for (Index i = 0; i < n; ++i) out(i, hash_expert(data.keys[static_cast<std::size_t>(i)], gate.n_experts)) = 0.0;
+    return out;
+}
+
 Index leaves_below(const std::vector<Index>& branching, std::size_t depth) {
     Index span = 1;
     for (std::size_t m = depth; m < branching.size(); ++m) span *= branching[m];
@@ -320,6 +336,8 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
                 return log_w.replicate(n, 1);
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return softmax_log_probabilities(g.coefficients, gate_design(data));
+            } else if constexpr (std::is_same_v<T, HashGate>) {
+                return hash_log_probabilities(g, data);
             } else {
                 return tree_log_probabilities(g, gate_design(data));
             }
@@ -340,6 +358,8 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
                 return report;
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return newton_softmax(g.coefficients, gate_design(data), data.weights, resp, options);
+            } else if constexpr (std::is_same_v<T, HashGate>) {
+                return GateUpdateReport{}; // fixed routing: nothing to learn
             } else {
                 return update_tree(g, data, resp, options);
             }
@@ -363,6 +383,8 @@ Index n_parameters(const Gate& gate) {
                 return g.weights.size() - 1;
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return (g.coefficients.cols() - 1) * g.coefficients.rows();
+            } else if constexpr (std::is_same_v<T, HashGate>) {
+                return 0;
             } else {
                 Index p = 0;
                 for (const Matrix& v : g.nodes) p += (v.cols() - 1) * v.rows();
@@ -380,11 +402,64 @@ Index n_experts(const Gate& gate) {
                 return g.weights.size();
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return g.coefficients.cols();
+            } else if constexpr (std::is_same_v<T, HashGate>) {
+                return g.n_experts;
             } else {
                 return leaves_below(g.branching, 0);
             }
         },
         gate);
+}
+
+std::uint64_t hash_key(std::string_view cell) {
+    auto mix = [](std::uint64_t x) { // splitmix64 finaliser
+        x ^= x >> 30;
+        x *= 0xbf58476d1ce4e5b9ULL;
+        x ^= x >> 27;
+        x *= 0x94d049bb133111ebULL;
+        x ^= x >> 31;
+        return x;
+    };
+    std::string_view t = cell;
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    std::string_view digits = t;
+    if (!digits.empty() && digits.front() == '+') digits.remove_prefix(1);
+    long long value = 0;
+    if (!digits.empty() && digits.front() != '+') {
+        const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+        if (ec == std::errc() && end == digits.data() + digits.size())
+            return mix(static_cast<std::uint64_t>(value) ^ 0x9e3779b97f4a7c15ULL);
+    }
+    std::uint64_t h = 0xcbf29ce484222325ULL; // FNV-1a over the exact cell text
+    for (const char c : cell) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 0x100000001b3ULL;
+    }
+    return mix(h);
+}
+
+Index hash_expert(std::uint64_t key, Index n_experts) {
+    return static_cast<Index>(key % static_cast<std::uint64_t>(n_experts));
+}
+
+void keep_top_k(Matrix& log_probabilities, Index k) {
+    const Index K = log_probabilities.cols();
+    if (k <= 0 || k >= K) return;
+    constexpr double minus_inf = -std::numeric_limits<double>::infinity();
+    std::vector<Index> order(static_cast<std::size_t>(K));
+    for (Index i = 0; i < log_probabilities.rows(); ++i) {
+        for (Index j = 0; j < K; ++j) order[static_cast<std::size_t>(j)] = j;
+        auto row = log_probabilities.row(i);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](Index a, Index b) {
+            return row(a) > row(b) || (row(a) == row(b) && a < b);
+        });
+        Vector kept(k);
+        for (Index j = 0; j < k; ++j) kept(j) = row(order[static_cast<std::size_t>(j)]);
+        const double norm = log_sum_exp(kept);
+        row.setConstant(minus_inf);
+        for (Index j = 0; j < k; ++j) row(order[static_cast<std::size_t>(j)]) = kept(j) - norm;
+    }
 }
 
 std::vector<Index> parse_tree_shape(std::string_view text) {
@@ -458,13 +533,14 @@ std::vector<Matrix> gate_gradient(const Gate& gate, const Dataset& data, const C
     const Matrix design = gate_design(data);
     auto node_gradient = [&](const Matrix& v, const Matrix& log_g, const Vector& node_post, const Matrix& child_post) {
         // Σ_i w_i z̃_i (h_child − h_node g(c | node)) − λ V (slopes), column 0 pinned.
-        Matrix diff = child_post - (log_g.array().exp().colwise() * node_post.array()).matrix();
+        Matrix diff = child_post - (exp_of_log(log_g).array().colwise() * node_post.array()).matrix();
         diff = (diff.array().colwise() * data.weights.array()).matrix();
         Matrix grad = design.transpose() * diff;
         if (grad.rows() > 1) grad.bottomRows(grad.rows() - 1) -= gate_l2 * v.bottomRows(v.rows() - 1);
         grad.col(0).setZero();
         return grad;
     };
+    if (std::holds_alternative<HashGate>(gate)) return {}; // nothing to learn
     if (const auto* s = std::get_if<SoftmaxGate>(&gate))
         return {node_gradient(s->coefficients, softmax_log_probabilities(s->coefficients, design),
                               Vector::Ones(design.rows()), Matrix(resp))};

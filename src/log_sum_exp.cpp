@@ -172,4 +172,8 @@ Vector log_softmax_rows_in_place(Matrix& a) {
     return norm;
 }
 
+Matrix exp_of_log(const ConstMatrixRef& a) {
+    return (a.array() == -std::numeric_limits<double>::infinity()).select(0.0, a.array().exp()).matrix();
+}
+
 } // namespace moekit

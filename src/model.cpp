@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -31,9 +32,10 @@ JointScratch make_joint_scratch(const Model& model) {
 /// log g_k(z_i) of the whole data for gates without a blocked kernel here (tree gates); empty
 /// for the constant and softmax gates, which are computed block by block.
 Matrix unblocked_gate(const Model& model, const Dataset& data) {
-    if (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate))
+    if (model.top_k == 0 &&
+        (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate)))
         return Matrix();
-    return gate_log_probabilities(model.gate, data);
+    return gate_log_probabilities(model, data);
 }
 
 /// log g_k(z_i) + log p_k(y_i | x_i) for rows [begin, begin + rows), written to out[i + k·ld].
@@ -47,7 +49,10 @@ void joint_block(const Model& model,
                  JointScratch& s) {
     const Index K = model.n_experts();
     detail::expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.experts);
-    if (const auto* c = std::get_if<ConstantGate>(&model.gate)) {
+    if (gate_log.size() > 0) {
+        for (Index k = 0; k < K; ++k)
+            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
+    } else if (const auto* c = std::get_if<ConstantGate>(&model.gate)) {
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += std::log(c->weights(k));
     } else if (const auto* g = std::get_if<SoftmaxGate>(&model.gate)) {
@@ -142,8 +147,20 @@ double log_likelihood(const Model& model, const Dataset& data) {
     return data.weights.dot(log_likelihood_samples(model, data));
 }
 
+Matrix gate_log_probabilities(const Model& model, const Dataset& data) {
+    if (model.top_k == 1 && std::holds_alternative<TreeGate>(model.gate)) {
+        const Eigen::VectorXi route = route_hard(model.gate, data);
+        Matrix out = Matrix::Constant(data.n_samples(), model.n_experts(), -std::numeric_limits<double>::infinity());
+        for (Index i = 0; i < data.n_samples(); ++i) out(i, route(i)) = 0.0;
+        return out;
+    }
+    Matrix log_g = gate_log_probabilities(model.gate, data);
+    keep_top_k(log_g, model.top_k);
+    return log_g;
+}
+
 Matrix gate_probabilities(const Model& model, const Dataset& data) {
-    return gate_log_probabilities(model.gate, data).array().exp().matrix();
+    return exp_of_log(gate_log_probabilities(model, data));
 }
 
 Matrix predict_mean(const Model& model, const Dataset& data) {
@@ -155,7 +172,7 @@ Matrix predict_mean(const Model& model, const Dataset& data) {
 }
 
 Eigen::VectorXi predict_expert(const Model& model, const Dataset& data) {
-    const Matrix log_g = gate_log_probabilities(model.gate, data);
+    const Matrix log_g = gate_log_probabilities(model, data);
     Eigen::VectorXi out(log_g.rows());
     for (Index i = 0; i < log_g.rows(); ++i) {
         Index best = 0;
@@ -185,7 +202,7 @@ Vector log_likelihood_samples_hard(const Model& model, const Dataset& data) {
     return out;
 }
 
-Matrix responsibility_matrix(const Responsibilities& r) { return r.log_resp.array().exp().matrix(); }
+Matrix responsibility_matrix(const Responsibilities& r) { return exp_of_log(r.log_resp); }
 
 Vector expert_sizes(const Responsibilities& r, const Dataset& data) {
     return responsibility_matrix(r).transpose() * data.weights;
@@ -248,7 +265,15 @@ void validate(const Model& model, const char* function) {
         invalid_model(function, "target names", "must name every target");
     if (static_cast<Index>(model.input_names.size()) != p - 1)
         invalid_model(function, "input names", "must name every expert input");
-    if (const auto* g = std::get_if<ConstantGate>(&model.gate)) {
+    if (model.top_k < 0 || model.top_k > K)
+        invalid_model(function, "top_k", "must be between 0 (dense) and the number of experts");
+    if (model.top_k > 1 && std::holds_alternative<TreeGate>(model.gate))
+        invalid_model(function, "top_k", "must be 0 or 1 for a tree gate");
+    if (const auto* h = std::get_if<HashGate>(&model.gate)) {
+        if (h->column.empty()) invalid_model(function, "the hash gate", "must name its key column");
+        if (!model.gate_input_names.empty())
+            invalid_model(function, "gate input names", "must be empty for a hash gate");
+    } else if (const auto* g = std::get_if<ConstantGate>(&model.gate)) {
         if (!g->weights.allFinite() || (g->weights.array() < 0.0).any())
             invalid_model(function, "the gate weights", "must be finite and non-negative");
         if (std::abs(g->weights.sum() - 1.0) > 1e-9)
@@ -291,6 +316,10 @@ void check_compatible(const Model& model, const Dataset& data, bool need_targets
     if (data.z.cols() != g)
         throw_invalid_argument(function, "the number of gate inputs", std::to_string(data.z.cols()),
                                "the model needs " + std::to_string(g));
+    if (const auto* h = std::get_if<HashGate>(&model.gate);
+        h && static_cast<Index>(data.keys.size()) != data.n_samples())
+        throw_invalid_argument(function, "the key column '" + h->column + "'", "not read",
+                               "the model's hash gate routes by it", "Read it with --hash-column " + h->column + ".");
     if ((need_targets || data.y.cols() > 0) && data.y.cols() != q)
         throw_invalid_argument(function, "the number of targets", std::to_string(data.y.cols()),
                                "the model needs " + std::to_string(q));

@@ -122,7 +122,9 @@ bool within(double fitted, double reference, double scale) {
     return std::fabs(fitted - reference) <= parameter_rel * (std::fabs(reference) + scale);
 }
 
-void run_case(const std::string& name, int restarts = reference_restarts) {
+void run_case(const std::string& name,
+              int restarts = reference_restarts,
+              moekit::FitMethod method = moekit::FitMethod::EM) {
     const json c = load_case(name);
     INFO("reference case " << name);
     REQUIRE(c.at("case").get<std::string>() == name);
@@ -164,7 +166,9 @@ void run_case(const std::string& name, int restarts = reference_restarts) {
     options.n_experts = c.at("n_experts").get<Index>();
     options.restarts = restarts;
     options.seed = reference_seed;
+    options.method = method;
     const moekit::FitResult r = moekit::fit(data, options);
+    REQUIRE(r.method == method);
 
     const double loglik = r.log_likelihood;
     CAPTURE(loglik, loglik - ref_loglik, r.iterations, r.converged, r.best_restart);
@@ -303,4 +307,23 @@ TEST_CASE("reference: NPreg_mixreg_K2", "[reference]") {
 }
 TEST_CASE("reference: NPreg_moe_K2", "[reference]") {
     run_case("NPreg_moe_K2");
+}
+
+// Gradient ascent (L-BFGS on the log-Cholesky parameterisation) reaches the same optima as EM:
+// every check above (log-likelihood within 1e-6 relative, parameters within 1e-4) holds.
+TEST_CASE("reference by gradient ascent: faithful, all four covariance types", "[reference][gradient]") {
+    for (const char* name : {"faithful_K2_full", "faithful_K2_tied", "faithful_K2_diag", "faithful_K2_spherical"}) {
+        SECTION(name) { run_case(name, reference_restarts, moekit::FitMethod::Gradient); }
+    }
+}
+TEST_CASE("reference by gradient ascent: iris_K3_full", "[reference][gradient]") {
+    run_case("iris_K3_full", reference_restarts, moekit::FitMethod::Gradient);
+}
+TEST_CASE("reference by gradient ascent: mixtures of regressions", "[reference][gradient]") {
+    SECTION("tonedata") { run_case("tonedata_mixreg_K2", tonedata_restarts, moekit::FitMethod::Gradient); }
+    SECTION("CO2data") { run_case("CO2data_mixreg_K2", reference_restarts, moekit::FitMethod::Gradient); }
+    SECTION("NPreg") { run_case("NPreg_mixreg_K2", reference_restarts, moekit::FitMethod::Gradient); }
+}
+TEST_CASE("reference by gradient ascent: NPreg_moe_K2", "[reference][gradient]") {
+    run_case("NPreg_moe_K2", reference_restarts, moekit::FitMethod::Gradient);
 }

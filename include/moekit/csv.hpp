@@ -36,6 +36,9 @@ struct CsvSpec {
     std::vector<std::string> inputs;      ///< x columns (expert inputs)
     std::vector<std::string> gate_inputs; ///< z columns (gate inputs)
     std::string weights;                  ///< sample-weight column, empty for unit weights
+    /// Routing-key column of a hash gate, read as text (any content; an empty cell or NA is
+    /// missing) into Dataset::keys with hash_key; empty for none.
+    std::string key;
     MissingPolicy missing = MissingPolicy::Error;
     /// When true and none of the target columns is in the file, the dataset gets q = 0 targets
     /// instead of an error (prediction on new inputs). If some but not all are present, the

@@ -4,6 +4,7 @@
 
 #include "moekit/types.hpp"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct Dataset {
     std::vector<std::string> target_names;     ///< q names
     std::vector<std::string> input_names;      ///< d names
     std::vector<std::string> gate_input_names; ///< g names
+    /// n routing keys of a hash gate (hash_key of each cell of the key column), or empty.
+    std::vector<std::uint64_t> keys;
+    std::string key_name; ///< name of the key column ("" when keys is empty)
     std::vector<long> line_numbers; ///< n source line numbers (1-based, header = 1); may be empty
 
     Index n_samples() const { return y.rows() > 0 ? y.rows() : (x.rows() > 0 ? x.rows() : z.rows()); }

@@ -11,6 +11,8 @@
 
 #include "moekit/dataset.hpp"
 
+#include <cstdint>
+#include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
@@ -43,11 +45,19 @@ struct TreeGate {
                                   ///< column 0 identically 0
 };
 
-using Gate = std::variant<ConstantGate, SoftmaxGate, TreeGate>;
+/// Hash routing (Roller et al. 2021, "Hash layers"): a fixed hash of one integer or categorical
+/// column picks each sample's expert; nothing is learnt. The column is read as text into
+/// Dataset::keys (see hash_key); sample i goes to expert hash_expert(keys[i], K).
+struct HashGate {
+    std::string column;  ///< name of the key column
+    Index n_experts = 0; ///< K >= 1
+};
 
-enum class GateKind { Constant, Softmax, Tree };
+using Gate = std::variant<ConstantGate, SoftmaxGate, TreeGate, HashGate>;
+
+enum class GateKind { Constant, Softmax, Tree, Hash };
 std::string_view to_string(GateKind kind);
-/// Parses "constant", "softmax" or "tree" (case-insensitive). @throws InvalidArgument.
+/// Parses "constant", "softmax", "tree" or "hash" (case-insensitive). @throws InvalidArgument.
 GateKind parse_gate_kind(std::string_view text);
 GateKind gate_kind(const Gate& gate);
 
@@ -94,6 +104,19 @@ double gate_penalty(const Gate& gate, double gate_l2);
 
 Index n_parameters(const Gate& gate);
 Index n_experts(const Gate& gate);
+
+/// The routing key of one cell of a hash column: a cell holding an integer (optional sign,
+/// decimal digits, surrounding blanks ignored, e.g. "7", " -3", "+12") is keyed by its value, so
+/// "7" and "07" are the same key; any other cell by its exact text (FNV-1a, 64 bits). The key is
+/// then mixed by the splitmix64 finaliser. Fixed forever: model files depend on it.
+std::uint64_t hash_key(std::string_view cell);
+/// The expert of a key among K: key mod K.
+Index hash_expert(std::uint64_t key, Index n_experts);
+
+/// Sparse top-k gating in log space: keeps the k largest entries of each row (ties go to the
+/// lower expert index), renormalises them to sum to 1 and sets the others to −∞. k <= 0 or
+/// k >= K leaves the matrix as it is.
+void keep_top_k(Matrix& log_probabilities, Index k);
 
 /// Parses a tree shape such as "2x3" or "2x2x2" into branching factors.
 /// @throws InvalidArgument unless every factor is an integer >= 2, the depth is at most 16 and

@@ -18,6 +18,11 @@ struct Model {
     std::vector<std::string> target_names;     ///< q names of y
     std::vector<std::string> input_names;      ///< d names of x (empty for Gaussian experts)
     std::vector<std::string> gate_input_names; ///< g names of z (empty for a constant gate)
+    /// Sparse routing: 0 = dense (every expert weighted by its gate probability); k >= 1 keeps
+    /// only each sample's k most probable experts and renormalises them (keep_top_k). With a
+    /// tree gate only k = 1 is allowed: the greedy route of route_hard. Set by `--top-k` and by
+    /// the hard variant (k = 1: prediction from the top-1 expert alone).
+    Index top_k = 0;
 
     Index n_experts() const { return experts.n_experts(); }
 };
@@ -44,7 +49,11 @@ double log_likelihood(const Model& model, const Dataset& data);
 /// log p(y_i | x_i) per sample (unweighted), n values.
 Vector log_likelihood_samples(const Model& model, const Dataset& data);
 
-/// n×K gate probabilities g_k(z_i).
+/// n×K log gate probabilities of the model, sparse routing (top_k) applied; entries of experts
+/// a sample is not routed to are −∞.
+Matrix gate_log_probabilities(const Model& model, const Dataset& data);
+
+/// n×K gate probabilities g_k(z_i) (sparse routing applied).
 Matrix gate_probabilities(const Model& model, const Dataset& data);
 
 /// E[y | x] = Σ_k g_k(z) x̃ W_k: n×q.
