@@ -157,6 +157,12 @@ void validate(const FitOptions& o, const char* function) {
         throw_invalid_argument(function, o.balance_weight > 0.0 ? "balance_weight (--balance-weight)" : "capacity_factor (--capacity-factor)",
                                num(o.balance_weight > 0.0 ? o.balance_weight : o.capacity_factor),
                                "load balancing and capacity limits apply to sparse top-k gating", "Add --top-k.");
+    if (o.gate_noise && o.top_k == 0)
+        throw_invalid_argument(function, "gate_noise (--gate-noise)", "on", "noisy gating is part of sparse top-k gating",
+                               "Add --top-k.");
+    if (o.balance_loss == BalanceLoss::Load && o.balance_weight > 0.0 && !o.gate_noise)
+        throw_invalid_argument(function, "balance_loss (--balance-loss)", "load",
+                               "the smooth load loss is defined through the gate noise", "Add --gate-noise, or use switch or importance.");
     if (!(o.upcycle_noise >= 0.0) || !std::isfinite(o.upcycle_noise))
         throw_invalid_argument(function, "upcycle_noise (--upcycle-noise)", num(o.upcycle_noise), "must be finite and >= 0");
     if (o.variant == Variant::MetaPi && method == FitMethod::EM)
@@ -523,7 +529,83 @@ ObjectiveOptions objective_options(const FitOptions& options, const Dataset& dat
 
 } // namespace
 
+namespace {
+
+/// Noisy top-k gating: plain gradient ascent over (model, noise weights U), one fresh noise draw
+/// per pass, a backtracking step on that pass's objective, exactly max_iter passes.
+FitResult fit_noisy(const Dataset& data, Model init, const FitOptions& options, int restart) {
+    FitResult result;
+    result.method = FitMethod::Gradient;
+    const Index n = data.n_samples();
+    const Index K = init.n_experts();
+    const Index g1 = data.z.cols() + 1;
+    const Model shape = init;
+    const Index np = pack_parameters(shape).size();
+    Vector theta(np + g1 * K);
+    theta.head(np) = pack_parameters(shape);
+    theta.tail(g1 * K).setZero(); // softplus(0) = log 2: the noise starts at scale 0.69
+    Matrix eps(n, K);
+    ObjectiveOptions oo = objective_options(options, data);
+    auto eval = [&](const Vector& t, Vector* grad) -> double {
+        Model m = shape;
+        if (!unpack_parameters(m, t.head(np))) return -std::numeric_limits<double>::infinity();
+        const Matrix u = Eigen::Map<const Matrix>(t.data() + np, g1, K);
+        ObjectiveOptions with = oo;
+        with.noise_weights = &u;
+        with.noise_draws = &eps;
+        Vector gm;
+        Matrix gu;
+        const double v = likelihood_objective(m, data, with, grad ? &gm : nullptr, nullptr, grad ? &gu : nullptr);
+        if (grad) {
+            grad->resize(t.size());
+            grad->head(np) = gm;
+            grad->tail(g1 * K) = Eigen::Map<const Vector>(gu.data(), g1 * K);
+        }
+        return v;
+    };
+    Rng rng(derive_seed(derive_seed(options.seed, 0x6e6f697365ULL), static_cast<std::uint64_t>(restart)));
+    double step = 0.0;
+    for (int pass = 1; pass <= options.max_iter; ++pass) {
+        for (Index k = 0; k < K; ++k)
+            for (Index i = 0; i < n; ++i) eps(i, k) = standard_normal(rng);
+        Vector grad;
+        const double value = eval(theta, &grad);
+        if (!std::isfinite(value) || !grad.allFinite()) {
+            record(result.interventions, {restart, pass, "non_finite", -1, "the noisy objective became non-finite; stopped"});
+            break;
+        }
+        if (step == 0.0) step = 1.0 / std::max(grad.norm(), 1e-300);
+        double reached = value;
+        for (int halving = 0; halving < 40; ++halving) {
+            const Vector trial = theta + step * grad;
+            const double v = eval(trial, nullptr);
+            if (std::isfinite(v) && v >= value + 1e-4 * step * grad.squaredNorm()) {
+                theta = trial;
+                reached = v;
+                step *= 2.0;
+                break;
+            }
+            step *= 0.5;
+        }
+        result.trace.push_back(reached);
+        result.iterations = pass;
+        if (options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, pass, reached})) {
+            result.interrupted = true;
+            break;
+        }
+    }
+    result.converged = !result.interrupted && result.iterations == options.max_iter;
+    Model model = shape;
+    unpack_parameters(model, theta.head(np));
+    result.log_likelihood = log_likelihood(model, data);
+    result.model = std::move(model);
+    return result;
+}
+
+} // namespace
+
 FitResult fit_gradient(const Dataset& data, Model init, const FitOptions& options, int restart) {
+    if (options.gate_noise) return fit_noisy(data, std::move(init), options, restart);
     FitResult result;
     result.method = FitMethod::Gradient;
     const bool meta = options.variant == Variant::MetaPi;

@@ -4,6 +4,8 @@
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
+#include <boost/math/constants/constants.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,6 +18,7 @@ std::string_view to_string(BalanceLoss loss) {
     switch (loss) {
     case BalanceLoss::Switch: return "switch";
     case BalanceLoss::Importance: return "importance";
+    case BalanceLoss::Load: return "load";
     }
     return "?";
 }
@@ -24,8 +27,9 @@ BalanceLoss parse_balance_loss(std::string_view text) {
     const std::string t = detail::lower_case(text);
     if (t == "switch") return BalanceLoss::Switch;
     if (t == "importance") return BalanceLoss::Importance;
+    if (t == "load") return BalanceLoss::Load;
     throw_invalid_argument("parse_balance_loss", "balance_loss (--balance-loss)", "'" + std::string(text) + "'",
-                           "must be switch or importance");
+                           "must be switch, importance or load");
 }
 
 namespace {
@@ -171,6 +175,55 @@ void balance_terms(const Matrix& dense,
     }
 }
 
+/// Shazeer's smooth load: P_ik = Φ((s_ik − t_ik)/σ_ik), t_ik the k-th largest noisy score
+/// among the other experts (the (k+1)-th of all if i's top k holds k, else the k-th), loss
+/// CV(load)². Adds the loss's gradient to d_clean (∂/∂s), d_noisy (∂/∂H, through t) and
+/// d_sigma (∂/∂σ), each scaled by `scale`. Returns the loss.
+double smooth_load_loss(const Matrix& clean,
+                        const Matrix& noisy,
+                        const Matrix& sigma,
+                        const Vector& w,
+                        Index top_k,
+                        double scale,
+                        Matrix* d_clean,
+                        Matrix* d_noisy,
+                        Matrix* d_sigma) {
+    const Index n = clean.rows();
+    const Index K = clean.cols();
+    if (top_k >= K) return 0.0; // every expert is always routed: the load is constant
+    Matrix u(n, K);
+    Eigen::MatrixXi other(n, K);
+    std::vector<Index> order(static_cast<std::size_t>(K));
+    for (Index i = 0; i < n; ++i) {
+        std::iota(order.begin(), order.end(), Index{0});
+        std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return noisy(i, a) > noisy(i, b); });
+        std::vector<bool> in_top(static_cast<std::size_t>(K), false);
+        for (Index r = 0; r < top_k; ++r) in_top[static_cast<std::size_t>(order[static_cast<std::size_t>(r)])] = true;
+        for (Index k = 0; k < K; ++k) {
+            const Index j = order[static_cast<std::size_t>(in_top[static_cast<std::size_t>(k)] ? top_k : top_k - 1)];
+            other(i, k) = static_cast<int>(j);
+            u(i, k) = (clean(i, k) - noisy(i, j)) / sigma(i, k);
+        }
+    }
+    const Matrix p = u.unaryExpr([](double v) { return 0.5 * std::erfc(-v / std::sqrt(2.0)); });
+    const Vector load = p.transpose() * w;
+    const double total = load.sum();
+    const auto kk = static_cast<double>(K);
+    const double loss = kk * load.squaredNorm() / (total * total) - 1.0;
+    if (d_clean) {
+        const Vector c = 2.0 * kk / (total * total) * (load.array() - load.squaredNorm() / total).matrix();
+        for (Index i = 0; i < n; ++i)
+            for (Index k = 0; k < K; ++k) {
+                const double phi = std::exp(-0.5 * u(i, k) * u(i, k)) / std::sqrt(2.0 * boost::math::constants::pi<double>());
+                const double base = scale * c(k) * w(i) * phi / sigma(i, k);
+                (*d_clean)(i, k) += base;
+                (*d_sigma)(i, k) -= base * u(i, k);
+                (*d_noisy)(i, other(i, k)) -= base;
+            }
+    }
+    return loss;
+}
+
 /// Z̃ᵀ D − λ V (slopes), column 0 zero: the gradient of a softmax gate from score derivatives D.
 Matrix softmax_gradient_from_scores(const Matrix& v, const Matrix& design, const Matrix& d, double gate_l2) {
     Matrix grad = design.transpose() * d;
@@ -285,7 +338,8 @@ double likelihood_objective(const Model& model,
                             const Dataset& data,
                             const ObjectiveOptions& options,
                             Vector* gradient,
-                            ObjectiveReport* report) {
+                            ObjectiveReport* report,
+                            Matrix* noise_gradient) {
     const Experts& e = model.experts;
     const Index n = data.n_samples();
     const Index K = e.n_experts();
@@ -298,8 +352,25 @@ double likelihood_objective(const Model& model,
     ObjectiveReport& rep = report ? *report : local;
     rep = ObjectiveReport{};
 
-    // Gate (routed), capacity, experts, responsibilities.
-    Matrix log_g = gate_log_probabilities(model, data);
+    // Gate (routed; noisy scores H = z̃V + ε ⊙ softplus(z̃U) when noise is given), capacity,
+    // experts, responsibilities.
+    const bool noisy = sparse && options.noise_weights != nullptr && options.noise_draws != nullptr;
+    Matrix gate_x, clean, noisy_scores, sigma, sigma_slope;
+    Matrix log_g;
+    if (noisy) {
+        gate_x = gate_design(data);
+        clean = gate_x * softmax->coefficients;
+        const Matrix a = gate_x * *options.noise_weights;
+        // softplus(a) = log(1 + e^a) and its derivative, the logistic function, without overflow.
+        sigma = a.unaryExpr([](double v) { return v > 0.0 ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); });
+        sigma_slope = a.unaryExpr([](double v) { return v >= 0.0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v)); });
+        noisy_scores = clean + options.noise_draws->cwiseProduct(sigma);
+        log_g = noisy_scores;
+        log_softmax_rows_in_place(log_g);
+        keep_top_k(log_g, model.top_k);
+    } else {
+        log_g = gate_log_probabilities(model, data);
+    }
     if (sparse && options.capacity_factor > 0.0) rep.dropped = apply_capacity(log_g, options.capacity_factor);
     const Matrix log_p = expert_log_densities(e, data);
     Matrix joint = log_g + log_p;
@@ -335,10 +406,12 @@ double likelihood_objective(const Model& model,
     }
     rep.penalty = penalty;
 
-    Matrix d_balance;
+    Matrix d_balance;                   // ∂(α·balance)/∂(scores the softmax acts on)
+    Matrix d_load_clean, d_load_sigma; // noisy load loss: ∂/∂ clean scores, ∂/∂σ
     double balance = 0.0;
     if (sparse) {
-        Matrix dense = gate_log_probabilities(model.gate, data);
+        Matrix dense = noisy ? noisy_scores : gate_log_probabilities(model.gate, data);
+        if (noisy) log_softmax_rows_in_place(dense);
         Matrix routed = dense;
         keep_top_k(routed, model.top_k);
         const bool weighted = options.balance_weight > 0.0 && gradient != nullptr;
@@ -346,9 +419,27 @@ double likelihood_objective(const Model& model,
         balance_terms(dense, routed, data.weights, rep,
                       weighted && options.balance == BalanceLoss::Switch ? &d_switch : nullptr,
                       weighted && options.balance == BalanceLoss::Importance ? &d_importance : nullptr);
-        balance = options.balance == BalanceLoss::Switch ? rep.switch_loss : rep.importance_cv2;
+        if (options.balance == BalanceLoss::Load) {
+            if (!noisy && weighted)
+                throw_invalid_argument("likelihood_objective", "options.balance", "load",
+                                       "the smooth load loss needs noisy gating", "Give noise weights and draws.");
+            if (!noisy) {
+                // Evaluating the clean model (after training): the load of counts, CV(load)².
+                balance = rep.load_cv2;
+            } else if (weighted) {
+                d_balance = Matrix::Zero(n, K);
+                d_load_clean = Matrix::Zero(n, K);
+                d_load_sigma = Matrix::Zero(n, K);
+            }
+            if (noisy)
+                balance = smooth_load_loss(clean, noisy_scores, sigma, data.weights, model.top_k, options.balance_weight,
+                                           weighted ? &d_load_clean : nullptr, weighted ? &d_balance : nullptr,
+                                           weighted ? &d_load_sigma : nullptr);
+        } else {
+            balance = options.balance == BalanceLoss::Switch ? rep.switch_loss : rep.importance_cv2;
+            if (weighted) d_balance = options.balance_weight * (options.balance == BalanceLoss::Switch ? d_switch : d_importance);
+        }
         rep.balance_loss = balance;
-        if (weighted) d_balance = options.balance == BalanceLoss::Switch ? d_switch : d_importance;
     }
     const double value = ll - penalty - options.balance_weight * balance;
     if (!gradient) return value;
@@ -365,10 +456,24 @@ double likelihood_objective(const Model& model,
     if (sparse) {
         // Σ_i w_i z̃_i (h_ik − g_ik) over the routed experts, minus α ∂(balance)/∂V.
         const Matrix g = exp_of_log(log_g);
-        Matrix scores = ((h - g).array().colwise() * w.array()).matrix();
-        if (d_balance.size() > 0) scores -= options.balance_weight * d_balance;
-        const Matrix gm = softmax_gradient_from_scores(softmax->coefficients, gate_design(data), scores, options.gate_l2);
-        pack_gate_gradient({gm}, grad, at);
+        Matrix scores = ((h - g).array().colwise() * w.array()).matrix(); // ∂/∂(noisy) scores
+        if (d_balance.size() > 0) scores -= d_balance;
+        if (noisy) {
+            // H = s + ε ⊙ softplus(z̃U): ∂/∂s = ∂/∂H (+ the load loss's own ∂/∂s), and
+            // ∂/∂U = z̃ᵀ [(∂/∂H ⊙ ε − ∂load/∂σ) ⊙ logistic(z̃U)].
+            Matrix d_sigma = scores.cwiseProduct(*options.noise_draws);
+            Matrix d_clean = scores;
+            if (d_load_clean.size() > 0) {
+                d_clean -= d_load_clean;
+                d_sigma -= d_load_sigma;
+            }
+            const Matrix gm = softmax_gradient_from_scores(softmax->coefficients, gate_x, d_clean, options.gate_l2);
+            pack_gate_gradient({gm}, grad, at);
+            if (noise_gradient) *noise_gradient = gate_x.transpose() * d_sigma.cwiseProduct(sigma_slope);
+        } else {
+            const Matrix gm = softmax_gradient_from_scores(softmax->coefficients, gate_design(data), scores, options.gate_l2);
+            pack_gate_gradient({gm}, grad, at);
+        }
     } else {
         // gate_gradient multiplies by the data's weights; dropped samples have h = 0 only under
         // capacity limits, which apply to sparse softmax gates alone, so the weights agree here.

@@ -105,6 +105,12 @@ struct FitOptions {
     /// top-k: each expert takes at most capacity_factor·n/K samples per pass (0: no limit);
     /// see ObjectiveOptions::capacity_factor.
     double capacity_factor = 0.0;
+    /// top-k: noisy gating (Shazeer et al. 2017), training only: the scores get
+    /// ε ⊙ softplus(z̃U) with learnt noise weights U and a fresh standard normal draw ε per pass
+    /// from the start's seeded stream. Trained by plain gradient ascent with a backtracking step
+    /// on each pass's draw, for exactly max_iter passes (a stochastic objective has no
+    /// convergence test). Prediction and the saved model use the clean scores.
+    bool gate_noise = false;
     double upcycle_noise = 0.1; ///< InitMethod::Upcycle: perturbation scale (in residual SDs)
     /// Called after every EM iteration (not saved in model files). Returning false stops the
     /// fit after that iteration: no further starts run, the best model so far is returned with

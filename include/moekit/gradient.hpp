@@ -41,10 +41,16 @@ enum class BalanceLoss {
     Switch,
     /// Shazeer et al. 2017: CV(importance)², importance_k = Σ_i w_i g_ik (gate after top-k);
     /// 0 under uniform routing.
-    Importance
+    Importance,
+    /// Shazeer et al. 2017: CV(load)² with the smooth load of noisy gating,
+    /// load_k = Σ_i w_i Φ((s_ik − t_ik) / σ_ik): the probability that expert k stays in sample
+    /// i's top k under a new draw of its own noise (s clean scores, σ noise scales, t_ik the k-th
+    /// largest noisy score of the other experts). Trains only with noisy gating; evaluated on
+    /// a clean model (no noise given, no gradient) it is the CV² of the counts, load_cv2.
+    Load
 };
 std::string_view to_string(BalanceLoss loss);
-/// Parses "switch" or "importance" (case-insensitive). @throws InvalidArgument.
+/// Parses "switch", "importance" or "load" (case-insensitive). @throws InvalidArgument.
 BalanceLoss parse_balance_loss(std::string_view text);
 
 /// The terms of a gradient objective besides the log-likelihood.
@@ -63,6 +69,11 @@ struct ObjectiveOptions {
     /// largest gate probability (ties: lower sample index); the overflow is dropped from that
     /// expert. A sample dropped by all its experts is left out of the objective. 0: no limit.
     double capacity_factor = 0.0;
+    /// Noisy top-k gating (Shazeer et al. 2017; training only): the noise weights U ((g+1)×K)
+    /// and this pass's standard normal draws ε (n×K). The gate scores become
+    /// H = z̃V + ε ⊙ softplus(z̃U); top-k and the softmax act on H. Both null: no noise.
+    const Matrix* noise_weights = nullptr;
+    const Matrix* noise_draws = nullptr;
 };
 
 /// What one evaluation of an objective found (for the fit summary).
@@ -81,12 +92,14 @@ struct ObjectiveReport {
 
 /// Penalised log-likelihood Σ_i w_i log p(y_i | x_i) − penalties − α·balance loss, and its
 /// gradient in the packed coordinates of ParameterSet::All. Sparse routing (model.top_k) is
-/// applied; the capacity limit and balance loss only to a softmax gate with top_k >= 1.
+/// applied; the capacity limit, balance loss and noise only to a softmax gate with top_k >= 1.
+/// With noise, `noise_gradient` receives the gradient with respect to U ((g+1)×K).
 double likelihood_objective(const Model& model,
                             const Dataset& data,
                             const ObjectiveOptions& options,
                             Vector* gradient = nullptr,
-                            ObjectiveReport* report = nullptr);
+                            ObjectiveReport* report = nullptr,
+                            Matrix* noise_gradient = nullptr);
 
 /// Meta-pi (Hampshire & Waibel 1989): −½ Σ_i w_i ‖y_i − ŷ(x_i)‖² − gate L2 penalty with
 /// ŷ(x) = Σ_k g_k(z) x̃ W_k, and its gradient in the coordinates of ParameterSet::GateAndMeans.
