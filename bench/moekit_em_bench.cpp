@@ -1,6 +1,9 @@
 // moekit_em_bench: fixed-iteration EM from a given start (a case written by bench_gen), timed.
 //
-// Usage: moekit_em_bench <prefix> <n> <full|diag|spherical|tied> <constant|softmax> <iterations>
+// Usage: moekit_em_bench <prefix> <n> <full|diag|spherical|tied> <constant|softmax|tree> <iterations>
+//
+// The gate `tree` is a hierarchical mixture of experts (HME): a balanced binary tree over the K
+// experts of a regression case (K = 4: the 2x2 HME), every node starting uniform.
 //
 // Runs moekit::fit_em with max_iter = iterations and tol = 0 (every iteration runs),
 // reg_covar = 0 (as the peers are run without regularisation), from the model in
@@ -14,11 +17,13 @@
 #include "bench_io.hpp"
 
 #include "moekit/fit.hpp"
+#include "moekit/gates.hpp"
 
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <exception>
+#include <stdexcept>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -66,7 +71,7 @@ Case load_case(const std::string& prefix, Index n, moekit::CovarianceType type, 
         }
     } else if (kind == "reg") {
         const Matrix all = bench::read_bin(prefix + ".bin", n, c + 1);
-        out.data = gate == moekit::GateKind::Softmax
+        out.data = gate != moekit::GateKind::Constant
                        ? moekit::make_dataset(all.leftCols(1), all.rightCols(c), all.rightCols(c))
                        : moekit::make_dataset(all.leftCols(1), all.rightCols(c));
         out.options.expert = moekit::ExpertKind::Linear;
@@ -75,6 +80,15 @@ Case load_case(const std::string& prefix, Index n, moekit::CovarianceType type, 
         const Matrix s2 = bench::read_rows(in, 1, K);
         if (gate == moekit::GateKind::Softmax) {
             out.start.gate = moekit::SoftmaxGate{v};
+            out.start.gate_input_names = out.data.gate_input_names;
+        } else if (gate == moekit::GateKind::Tree) {
+            // HME: a balanced binary tree over the K = 2^levels experts, every node starting
+            // uniform (V = 0), like the softmax start.
+            Index levels = 0;
+            while ((Index{1} << levels) < K) ++levels;
+            if ((Index{1} << levels) != K) throw std::runtime_error("tree gate: K must be a power of 2");
+            out.options.tree.assign(static_cast<std::size_t>(levels), 2);
+            out.start.gate = moekit::make_tree_gate(out.options.tree, c);
             out.start.gate_input_names = out.data.gate_input_names;
         } else {
             out.start.gate = moekit::ConstantGate{Vector::Constant(K, 1.0 / static_cast<double>(K))};
@@ -100,7 +114,7 @@ int main(int argc, char** argv) {
     try {
         if (argc != 6) {
             std::cerr << "usage: moekit_em_bench <prefix> <n> <full|diag|spherical|tied> "
-                         "<constant|softmax> <iterations>\n";
+                         "<constant|softmax|tree> <iterations>\n";
             return 2;
         }
         const std::string prefix = argv[1];

@@ -1,5 +1,6 @@
 #include "moekit/fit.hpp"
 
+#include "blocks.hpp"
 #include "detail.hpp"
 #include "optimize.hpp"
 #include "moekit/errors.hpp"
@@ -447,7 +448,11 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     const double total = data.weights.sum();
 
     Model model = std::move(init);
-    Responsibilities resp = e_step(model, data);
+    // The two n×K buffers of the loop, allocated once: the log responsibilities (rewritten in
+    // place by every E-step) and the responsibilities h = exp(log_resp) the M-step reads.
+    Responsibilities resp;
+    e_step(model, data, resp);
+    Matrix h(data.n_samples(), model.n_experts());
     double current = data.weights.dot(resp.log_norm);
     if (!std::isfinite(current)) {
         result.model = std::move(model);
@@ -461,7 +466,7 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     double current_objective = objective(model, current, options);
 
     for (int it = 1; it <= options.max_iter; ++it) {
-        const Matrix h = exp_of_log(resp.log_resp);
+        detail::exp_blocked(resp.log_resp, h); // exp(−∞) = 0 exactly (sparse and hash routing)
         Model candidate = model;
         const ExpertUpdateReport er = update_experts(candidate.experts, data, h, reg);
         for (Index k : er.kept)
@@ -480,11 +485,14 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
             record(result.interventions, {restart, it, "gate_stalled", -1,
                                           "a Newton step of the gate found no increase even after step halving"});
 
-        Responsibilities next = e_step(candidate, data);
-        const double value = data.weights.dot(next.log_norm);
+        // The candidate's E-step overwrites the buffers; the rare rejected candidate costs
+        // one more E-step of the kept model to restore them.
+        e_step(candidate, data, resp);
+        const double value = data.weights.dot(resp.log_norm);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,
                                           "the log-likelihood became non-finite; stopped with the last finite model"});
+            e_step(model, data, resp);
             break;
         }
         const double value_objective = objective(candidate, value, options);
@@ -493,7 +501,6 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
                                           "the EM objective decreased from " + format_number(current_objective) +
                                               " to " + format_number(value_objective)});
         model = std::move(candidate);
-        resp = std::move(next);
         const double change = std::abs(value - current) / total;
         current = value;
         current_objective = value_objective;

@@ -80,6 +80,8 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
     SoftmaxGate gate{coefficients};
     Vector gradient;
     Matrix hessian;
+    Vector trial_gradient;
+    Matrix trial_hessian;
     double current =
         softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
     report.objective = current;
@@ -96,16 +98,31 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
         if (0.5 * gradient.dot(direction) <= 1e-13 * (1.0 + std::abs(current))) break;
         const Matrix free = gate.coefficients.rightCols(K - 1);
         const Vector base = Eigen::Map<const Vector>(free.data(), rows * (K - 1));
+        // The full step is evaluated together with its gradient and Hessian: it is almost
+        // always accepted, and its derivatives are the next step's, so the pass over the data
+        // that would recompute them is saved (the objective is computed the same way in both
+        // passes, so the result is unchanged). Not on the last step, whose derivatives would
+        // go unused, nor for halved steps.
+        const bool last = step + 1 == options.newton_steps;
         double t = 1.0;
         bool accepted = false;
+        bool have_derivatives = false;
         for (int halving = 0; halving <= 30; ++halving) {
             SoftmaxGate trial{from_free(base + t * direction, rows, K)};
-            const double value = softmax_gate_objective(trial, design, weights, targets, options.gate_l2);
+            const bool derivatives = !last && halving == 0;
+            const double value = softmax_gate_objective(trial,
+                                                        design,
+                                                        weights,
+                                                        targets,
+                                                        options.gate_l2,
+                                                        derivatives ? &trial_gradient : nullptr,
+                                                        derivatives ? &trial_hessian : nullptr);
             if (std::isfinite(value) && value >= current) {
                 gate = std::move(trial);
                 accepted = value > current;
                 current = value;
                 report.step_halvings += halving;
+                have_derivatives = derivatives;
                 break;
             }
             t *= 0.5;
@@ -115,7 +132,13 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
             break;
         }
         ++report.newton_steps;
-        current = softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+        if (last) break;
+        if (have_derivatives) {
+            gradient.swap(trial_gradient);
+            hessian.swap(trial_hessian);
+        } else {
+            current = softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+        }
     }
     report.objective = current;
     coefficients = std::move(gate.coefficients);

@@ -155,3 +155,15 @@ TEST_CASE("fits are bit-identical with 1 and 2 threads: linear experts, constant
     options.seed = 7;
     require_thread_invariant(data, options);
 }
+
+TEST_CASE("fits are bit-identical with 1 and 2 threads: linear experts, 2x2 tree gate (HME)", "[threads]") {
+    const moekit::Dataset data = moe_data();
+    FitOptions options;
+    options.expert = ExpertKind::Linear;
+    options.gate = GateKind::Tree;
+    options.tree = {2, 2};
+    options.n_experts = 4;
+    options.max_iter = 25;
+    options.seed = 8;
+    require_thread_invariant(data, options);
+}
