@@ -127,9 +127,7 @@ inline LbfgsResult maximize_lbfgs(const std::function<double(const Vector&, Vect
         result.iterations = it;
         result.theta = theta;
         result.value = value;
-        // A small change counts only after a full quasi-Newton step (t = 1): a step shortened by
-        // the line search that gains little says nothing about being near the maximum.
-        small_changes = change < tol && !steepest && t == 1.0 ? small_changes + 1 : 0;
+        small_changes = change < tol ? small_changes + 1 : 0;
         if (small_changes >= 2) {
             result.converged = true;
             break;
