@@ -262,13 +262,20 @@ SelectionResult select_model(const Dataset& data,
             fn, "grid", "empty", "needs at least one number of experts, covariance and gate");
     for (Index k : grid.n_experts)
         if (k < 1) throw_invalid_argument(fn, "grid.n_experts", std::to_string(k), "must be >= 1");
-    for (GateKind gate : grid.gates)
+    for (GateKind gate : grid.gates) {
         if (gate == GateKind::Tree)
             throw_invalid_argument(fn,
                                    "grid.gates",
                                    "'tree'",
                                    "must be constant or softmax",
                                    "Compare tree shapes with separate 'moekit fit --tree' runs.");
+        if (gate == GateKind::Hash)
+            throw_invalid_argument(fn,
+                                   "grid.gates",
+                                   "'hash'",
+                                   "must be constant or softmax",
+                                   "Fit hash routing with 'moekit fit --hash-column COL'.");
+    }
     if (!(grid.min_share >= 0.0 && grid.min_share < 1.0))
         throw_invalid_argument(fn,
                                "grid.min_share (--min-share)",

@@ -39,6 +39,10 @@ constexpr double symmetry_tolerance = 1e-12;
 constexpr double weight_sum_tolerance = 1e-9;
 /// String arrays longer than this (as one line) are written one element per line.
 constexpr std::size_t max_inline_width = 100;
+/// Name of the fixed function (hash_key, then key mod K) that routes the samples of a hash
+/// gate. A file naming another function was written by a moekit that routes differently: it is
+/// rejected rather than silently routing samples to other experts.
+constexpr const char* hash_function_name = "moekit-key-v1";
 
 // ---------------------------------------------------------------------------------------------
 // Shared checks (writer and reader)
@@ -122,14 +126,22 @@ template <class Enum> std::string alternatives(std::initializer_list<Enum> value
 
 constexpr std::initializer_list<ExpertKind> expert_kinds = {ExpertKind::Gaussian,
                                                             ExpertKind::Linear};
-constexpr std::initializer_list<GateKind> gate_kinds = {GateKind::Constant, GateKind::Softmax, GateKind::Tree};
+constexpr std::initializer_list<GateKind> gate_kinds = {
+    GateKind::Constant, GateKind::Softmax, GateKind::Tree, GateKind::Hash};
 constexpr std::initializer_list<CovarianceType> covariance_types = {
     CovarianceType::Full, CovarianceType::Tied, CovarianceType::Diag, CovarianceType::Spherical};
 constexpr std::initializer_list<InitMethod> init_methods = {InitMethod::Auto,
                                                             InitMethod::KMeansPlusPlus,
                                                             InitMethod::Random,
                                                             InitMethod::RandomLines,
-                                                            InitMethod::Model};
+                                                            InitMethod::Model,
+                                                            InitMethod::Upcycle};
+constexpr std::initializer_list<FitMethod> fit_methods = {
+    FitMethod::Auto, FitMethod::EM, FitMethod::Gradient};
+constexpr std::initializer_list<Variant> variants = {
+    Variant::Standard, Variant::MetaPi, Variant::Hard};
+constexpr std::initializer_list<BalanceLoss> balance_losses = {
+    BalanceLoss::Switch, BalanceLoss::Importance, BalanceLoss::Load};
 
 // ---------------------------------------------------------------------------------------------
 // Writer
@@ -265,6 +277,14 @@ Json fit_json(const Model& model, const FitRecord& fit) {
     opts["min_expert_size"] = options.regularization.min_expert_size;
     opts["gate_l2"] = options.gate_options.gate_l2;
     opts["newton_steps"] = options.gate_options.newton_steps;
+    opts["method"] = to_string(options.method);
+    opts["variant"] = to_string(options.variant);
+    opts["top_k"] = static_cast<std::int64_t>(options.top_k);
+    opts["balance_loss"] = to_string(options.balance_loss);
+    opts["balance_weight"] = options.balance_weight;
+    opts["capacity_factor"] = options.capacity_factor;
+    opts["gate_noise"] = options.gate_noise;
+    opts["upcycle_noise"] = options.upcycle_noise;
 
     Json out = Json::object();
     out["log_likelihood"] = fit.log_likelihood;
@@ -909,7 +929,15 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
                  "reg_covar",
                  "min_expert_size",
                  "gate_l2",
-                 "newton_steps"});
+                 "newton_steps",
+                 "method",
+                 "variant",
+                 "top_k",
+                 "balance_loss",
+                 "balance_weight",
+                 "capacity_factor",
+                 "gate_noise",
+                 "upcycle_noise"});
     auto oat = [&](std::string_view name) -> const Json& { return r.member(o, opath, name); };
     auto okey = [&](std::string_view name) { return join(opath, name); };
     FitOptions& options = fit.options;
@@ -935,6 +963,28 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
         r.number(oat("min_expert_size"), okey("min_expert_size"));
     options.gate_options.gate_l2 = r.non_negative(oat("gate_l2"), okey("gate_l2"));
     options.gate_options.newton_steps = r.int_value(oat("newton_steps"), okey("newton_steps"), 1);
+    // Options added after the first files were written: optional on input, the defaults when
+    // absent (every file written before them was a standard, dense fit).
+    auto optional = [&](std::string_view name) -> const Json* {
+        const auto it = o.find(name);
+        return it == o.end() ? nullptr : &*it;
+    };
+    if (const Json* v = optional("method"))
+        options.method = r.enumeration(*v, okey("method"), fit_methods);
+    if (const Json* v = optional("variant"))
+        options.variant = r.enumeration(*v, okey("variant"), variants);
+    if (const Json* v = optional("top_k"))
+        options.top_k = r.integer(*v, okey("top_k"), 0, std::numeric_limits<std::int64_t>::max());
+    if (const Json* v = optional("balance_loss"))
+        options.balance_loss = r.enumeration(*v, okey("balance_loss"), balance_losses);
+    if (const Json* v = optional("balance_weight"))
+        options.balance_weight = r.non_negative(*v, okey("balance_weight"));
+    if (const Json* v = optional("capacity_factor"))
+        options.capacity_factor = r.non_negative(*v, okey("capacity_factor"));
+    if (const Json* v = optional("gate_noise"))
+        options.gate_noise = r.boolean(*v, okey("gate_noise"));
+    if (const Json* v = optional("upcycle_noise"))
+        options.upcycle_noise = r.non_negative(*v, okey("upcycle_noise"));
 
     // The options must describe the model they produced.
     auto mismatch = [&](std::string_view name, const std::string& actual, const std::string& top) {
@@ -1191,6 +1241,9 @@ FitRecord make_fit_record(const FitResult& result, const FitOptions& options) {
     record.restart_log_likelihoods = result.restart_log_likelihoods;
     record.warnings = result.warnings;
     record.options = options;
+    // The file says which method ran: `auto` is recorded as what it resolved to (the same fit
+    // whichever of the two is given again).
+    record.options.method = resolved_method(options);
     return record;
 }
 
@@ -1213,10 +1266,15 @@ model_to_json(const Model& model, const FitRecord* fit, const Diagnostics* diagn
     root["targets"] = names_json(model.target_names);
     root["inputs"] = names_json(model.input_names);
     root["gate_inputs"] = names_json(model.gate_input_names);
+    root["top_k"] = static_cast<std::int64_t>(model.top_k);
 
     Json gate = Json::object();
     if (const auto* constant = std::get_if<ConstantGate>(&model.gate)) {
         gate["weights"] = vector_json(constant->weights);
+    } else if (const auto* hash = std::get_if<HashGate>(&model.gate)) {
+        gate["column"] = hash->column;
+        gate["n_experts"] = static_cast<std::int64_t>(hash->n_experts);
+        gate["hash"] = hash_function_name;
     } else if (const auto* softmax = std::get_if<SoftmaxGate>(&model.gate)) {
         gate["coefficients"] = matrix_json(softmax->coefficients);
         gate["coefficient_names"] = coefficient_names_json(model.gate_input_names);
@@ -1254,7 +1312,7 @@ model_to_json(const Model& model, const FitRecord* fit, const Diagnostics* diagn
     } catch (const Json::type_error&) {
         // Only strings can fail to serialise: a name that is not valid UTF-8.
         throw_invalid_argument(writer,
-                               "a name (target, input, gate input or warning)",
+                               "a name (target, input, gate input, key column or warning)",
                                "not valid UTF-8",
                                "model files are UTF-8 JSON",
                                "Re-encode the CSV header as UTF-8.");
@@ -1298,6 +1356,7 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
                  "targets",
                  "inputs",
                  "gate_inputs",
+                 "top_k",
                  "gate_parameters",
                  "experts",
                  "fit",
@@ -1320,6 +1379,11 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
         r.fail_key("n_gate_inputs",
                    "is " + std::to_string(g) + ", but a constant gate takes no inputs");
     }
+    if (kind_of_gate == GateKind::Hash && g != 0) {
+        r.fail_key("n_gate_inputs",
+                   "is " + std::to_string(g) +
+                       ", but a hash gate takes no gate inputs (it routes by its key column)");
+    }
     const std::string q_reason = "n_outputs is " + std::to_string(q);
     const std::string d_reason = "n_inputs is " + std::to_string(d);
     const std::string g_reason = "n_gate_inputs is " + std::to_string(g);
@@ -1329,6 +1393,16 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
     model.target_names = r.names(at("targets"), "targets", q, q_reason);
     model.input_names = r.names(at("inputs"), "inputs", d, d_reason);
     model.gate_input_names = r.names(at("gate_inputs"), "gate_inputs", g, g_reason);
+    // Sparse routing; optional on input (files written before it existed are dense).
+    if (const auto top_k = root.find("top_k"); top_k != root.end()) {
+        model.top_k = r.integer(*top_k, "top_k", 0, n_experts);
+        if (kind_of_gate == GateKind::Tree && model.top_k > 1) {
+            r.fail_key("top_k",
+                       "is " + std::to_string(model.top_k) +
+                           ", but a tree gate routes densely (0) or to its greedy top-1 "
+                           "expert (1)");
+        }
+    }
 
     // Gate.
     const std::string gpath = "gate_parameters";
@@ -1350,6 +1424,26 @@ ModelFile model_from_json(const std::string& text, const std::string& source) {
                            "(tolerance " + format_number(weight_sum_tolerance) + ")");
         }
         model.gate = ConstantGate{std::move(weights)};
+    } else if (kind_of_gate == GateKind::Hash) {
+        r.only_keys(gate, gpath, {"column", "n_experts", "hash"});
+        HashGate hash;
+        const std::string cpath = join(gpath, "column");
+        hash.column = r.string(r.member(gate, gpath, "column"), cpath);
+        if (hash.column.empty()) r.fail_key(cpath, "is empty, but it must name the key column");
+        const std::string kpath = join(gpath, "n_experts");
+        hash.n_experts = r.integer(r.member(gate, gpath, "n_experts"), kpath, 1, index_max);
+        if (hash.n_experts != n_experts) {
+            r.fail_key(kpath, "is " + std::to_string(hash.n_experts) + ", but " + k_reason);
+        }
+        const std::string hpath = join(gpath, "hash");
+        const std::string function = r.string(r.member(gate, gpath, "hash"), hpath);
+        if (function != hash_function_name) {
+            r.fail_key(hpath,
+                       "is '" + shorten(function) + "', but this moekit routes by '" +
+                           hash_function_name + "' (a different hash would send samples to " +
+                           "other experts)");
+        }
+        model.gate = std::move(hash);
     } else {
         // A softmax gate has one coefficient matrix; a tree gate one per internal node.
         auto read_softmax = [&](const Json& value,

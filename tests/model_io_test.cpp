@@ -177,10 +177,20 @@ void require_same_model(const Model& a, const Model& b) {
     REQUIRE(moekit::gate_kind(a.gate) == moekit::gate_kind(b.gate));
     if (const auto* c = std::get_if<moekit::ConstantGate>(&a.gate)) {
         CHECK(same_bits(c->weights, std::get<moekit::ConstantGate>(b.gate).weights));
+    } else if (const auto* h = std::get_if<moekit::HashGate>(&a.gate)) {
+        CHECK(h->column == std::get<moekit::HashGate>(b.gate).column);
+        CHECK(h->n_experts == std::get<moekit::HashGate>(b.gate).n_experts);
+    } else if (const auto* t = std::get_if<moekit::TreeGate>(&a.gate)) {
+        const auto& u = std::get<moekit::TreeGate>(b.gate);
+        CHECK(t->branching == u.branching);
+        REQUIRE(t->nodes.size() == u.nodes.size());
+        for (std::size_t j = 0; j < t->nodes.size(); ++j)
+            CHECK(same_bits(t->nodes[j], u.nodes[j]));
     } else {
         CHECK(same_bits(std::get<moekit::SoftmaxGate>(a.gate).coefficients,
                         std::get<moekit::SoftmaxGate>(b.gate).coefficients));
     }
+    CHECK(a.top_k == b.top_k);
     CHECK(a.experts.kind == b.experts.kind);
     CHECK(a.experts.covariance_type == b.experts.covariance_type);
     REQUIRE(a.n_experts() == b.n_experts());
@@ -213,7 +223,10 @@ std::vector<double> field_bits_values(const moekit::FitRecord& r) {
             r.options.tol,
             r.options.regularization.reg_covar,
             r.options.regularization.min_expert_size,
-            r.options.gate_options.gate_l2};
+            r.options.gate_options.gate_l2,
+            r.options.balance_weight,
+            r.options.capacity_factor,
+            r.options.upcycle_noise};
 }
 
 void require_same_record(const moekit::FitRecord& a, const moekit::FitRecord& b) {
@@ -238,6 +251,11 @@ void require_same_record(const moekit::FitRecord& a, const moekit::FitRecord& b)
     CHECK(o.init == p.init);
     CHECK(o.kmeans_iter == p.kmeans_iter);
     CHECK(o.gate_options.newton_steps == p.gate_options.newton_steps);
+    CHECK(o.method == p.method);
+    CHECK(o.variant == p.variant);
+    CHECK(o.top_k == p.top_k);
+    CHECK(o.balance_loss == p.balance_loss);
+    CHECK(o.gate_noise == p.gate_noise);
 }
 
 /// A fit record for gaussian_model (K = 3, full) with every field away from its default.
@@ -295,6 +313,7 @@ const std::string gaussian_text = R"json({
   "targets": ["y1", "y2"],
   "inputs": [],
   "gate_inputs": [],
+  "top_k": 0,
   "gate_parameters": {
     "weights": [0.25, 0.75]
   },
@@ -331,6 +350,7 @@ const std::string linear_text = R"json({
   "targets": ["y"],
   "inputs": ["x1", "x2"],
   "gate_inputs": ["z"],
+  "top_k": 0,
   "gate_parameters": {
     "coefficients": [
       [0.0, 0.5],
@@ -607,7 +627,8 @@ TEST_CASE("malformed, truncated and foreign files are rejected", "[model_io]") {
     }
     SECTION("truncated to half its length") {
         const std::string text = moekit::model_to_json(gaussian_model(CovarianceType::Full));
-        const std::string half = text.substr(0, text.size() / 2);
+        // Cut at the end of a line, so that the cut does not fall inside a string.
+        const std::string half = text.substr(0, text.rfind('\n', text.size() / 2) + 1);
         REQUIRE_THROWS_MATCHES(
             moekit::model_from_json(half, "bad.json"),
             moekit::DataError,
@@ -700,7 +721,7 @@ TEST_CASE("missing, unknown, duplicate and mistyped keys are named by path", "[m
     require_rejected(edit(gaussian_text, "\"y2\"", "2"),
                      "bad.json: key 'targets[1]' must be a string, but is the number 2");
     require_rejected(edit(gaussian_text, "\"gate_parameters\": {", "\"gate_parameters\": [{"),
-                     "bad.json: malformed JSON at byte 324 (line 17, column 12): syntax error "
+                     "bad.json: malformed JSON at byte 338 (line 18, column 12): syntax error "
                      "while parsing array - unexpected ':'; expected ']'");
 }
 
@@ -710,7 +731,7 @@ TEST_CASE("unknown enumeration values are rejected with the alternatives", "[mod
                      "'linear')");
     require_rejected(edit(gaussian_text, "\"constant\"", "\"hierarchical\""),
                      "bad.json: key 'gate' has unknown value 'hierarchical' (expected 'constant', "
-                     "'softmax' or 'tree')");
+                     "'softmax', 'tree' or 'hash')");
     require_rejected(edit(gaussian_text, "\"full\"", "\"FULL\""),
                      "bad.json: key 'covariance' has unknown value 'FULL' (expected 'full', "
                      "'tied', 'diag' or 'spherical')");
@@ -854,7 +875,7 @@ TEST_CASE("the fit record is validated too", "[model_io]") {
                      "bad.json: key 'fit.converged' must be a boolean, but is the number 1");
     require_rejected(edit(text, "\"init\": \"random\"", "\"init\": \"kmeans\""),
                      "bad.json: key 'fit.options.init' has unknown value 'kmeans' (expected "
-                     "'auto', 'kmeans++', 'random', 'lines' or 'model')");
+                     "'auto', 'kmeans++', 'random', 'lines', 'model' or 'upcycle')");
     require_rejected(edit(text,
                           "\"n_experts\": 3,\n      \"tree\"",
                           "\"n_experts\": 2,\n      \"tree\""),
@@ -1020,6 +1041,350 @@ TEST_CASE("fitted models round trip and keep their log-likelihood", "[model_io]"
         const moekit::FitResult result = moekit::fit(data, options);
         const moekit::FitRecord record = moekit::make_fit_record(result, options);
 
+        const std::string text = moekit::model_to_json(result.model, &record);
+        const moekit::ModelFile file = moekit::model_from_json(text, "fitted.json");
+        require_same_model(result.model, file.model);
+        REQUIRE(file.fit.has_value());
+        require_same_record(record, *file.fit);
+        CHECK(moekit::model_to_json(file.model, &*file.fit) == text);
+        CHECK(bits(moekit::log_likelihood(file.model, data)) == bits(result.log_likelihood));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variants (issue 5): hash gates, sparse routing (top_k) and the new fit options.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// Linear experts (K = 3, q = 1, d = 1) routed by a hash of the column "user id".
+Model hash_model() {
+    Model m = softmax_model();
+    m.gate = moekit::HashGate{"user id", 3};
+    m.gate_input_names.clear();
+    return m;
+}
+
+/// Linear experts (K = 4, q = 1, d = 1) under a 2x2 tree of softmax gates on g = 2 inputs.
+Model tree_model() {
+    Model m = softmax_model();
+    moekit::TreeGate tree = moekit::make_tree_gate({2, 2}, 2);
+    tree.nodes[0] << 0.0, 0.1, -0.0, 1.0 / 3.0, 0.0, -1e-300;
+    tree.nodes[1] << 0.0, 2.5, 0.0, -denorm_min, 0.0, 0.7;
+    tree.nodes[2] << 0.0, -0.125, 0.0, 12.345678901234567, 0.0, 3.0;
+    m.gate = std::move(tree);
+    m.experts.coefficients.push_back(m.experts.coefficients[0] * 3.0);
+    m.experts.covariances.push_back(m.experts.covariances[1]);
+    return m;
+}
+
+/// A fit record of softmax_model with every variant option away from its default.
+moekit::FitRecord sparse_record() {
+    moekit::FitRecord r = sample_record();
+    moekit::FitOptions& o = r.options;
+    o.expert = ExpertKind::Linear;
+    o.gate = moekit::GateKind::Softmax;
+    o.covariance = CovarianceType::Spherical;
+    o.n_experts = 3;
+    o.init = moekit::InitMethod::Upcycle;
+    o.method = moekit::FitMethod::Gradient;
+    o.variant = moekit::Variant::Standard;
+    o.top_k = 2;
+    o.balance_loss = moekit::BalanceLoss::Importance;
+    o.balance_weight = 0.1 + 0.2;
+    o.capacity_factor = 1.0 / 3.0 + 1.0;
+    o.gate_noise = true;
+    o.upcycle_noise = 5e-324;
+    return r;
+}
+
+/// Every line of `text` that contains `needle` removed (with its line end).
+std::string without_lines(std::string text, const std::string& needle) {
+    std::string out;
+    std::size_t start = 0;
+    while (start < text.size()) {
+        const std::size_t end = text.find('\n', start);
+        const std::string line = text.substr(start, end == std::string::npos ? end : end - start + 1);
+        if (line.find(needle) == std::string::npos) out += line;
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("hash-gate models round trip bit-exactly and name their hash function", "[model_io]") {
+    const Model model = hash_model();
+    require_round_trip(model);
+    const std::string text = moekit::model_to_json(model);
+    CHECK_THAT(text,
+               Contains("\"gate\": \"hash\"") && Contains("\"n_gate_inputs\": 0") &&
+                   Contains("\"gate_parameters\": {\n    \"column\": \"user id\",\n    "
+                            "\"n_experts\": 3,\n    \"hash\": \"moekit-key-v1\"\n  }"));
+
+    // With a fit record: the options name the gate too.
+    moekit::FitRecord record = sample_record();
+    record.options.expert = ExpertKind::Linear;
+    record.options.gate = moekit::GateKind::Hash;
+    record.options.covariance = CovarianceType::Spherical;
+    const std::string with_fit = moekit::model_to_json(model, &record);
+    const moekit::ModelFile file = moekit::model_from_json(with_fit, "hash.json");
+    require_same_model(model, file.model);
+    REQUIRE(file.fit.has_value());
+    require_same_record(record, *file.fit);
+    CHECK(moekit::model_to_json(file.model, &*file.fit) == with_fit);
+
+    SECTION("another hash function is refused") {
+        require_rejected(edit(text, "\"moekit-key-v1\"", "\"moekit-key-v2\""),
+                         "bad.json: key 'gate_parameters.hash' is 'moekit-key-v2', but this "
+                         "moekit routes by 'moekit-key-v1' (a different hash would send samples "
+                         "to other experts)");
+        require_rejected(edit(text, "\"moekit-key-v1\"", "1"),
+                         "bad.json: key 'gate_parameters.hash' must be a string, but is the "
+                         "number 1");
+        require_rejected(edit(text, ",\n    \"hash\": \"moekit-key-v1\"", ""),
+                         "bad.json: missing key 'gate_parameters.hash'");
+    }
+    SECTION("the column and the number of experts must be consistent") {
+        require_rejected(edit(text, "\"column\": \"user id\"", "\"column\": \"\""),
+                         "bad.json: key 'gate_parameters.column' is empty, but it must name the "
+                         "key column");
+        require_rejected(edit(text, "\"n_experts\": 3,\n    \"hash\"", "\"n_experts\": 2,\n    \"hash\""),
+                         "bad.json: key 'gate_parameters.n_experts' is 2, but n_experts is 3");
+        require_rejected(edit(text, "\"column\": \"user id\"", "\"weights\": [0.5, 0.5]"),
+                         "bad.json: unknown key 'gate_parameters.weights'");
+        require_rejected(
+            edit(edit(text, "\"n_gate_inputs\": 0", "\"n_gate_inputs\": 1"), "\"gate_inputs\": []",
+                 "\"gate_inputs\": [\"z\"]"),
+            "bad.json: key 'n_gate_inputs' is 1, but a hash gate takes no gate inputs (it routes "
+            "by its key column)");
+    }
+}
+
+TEST_CASE("top_k round trips and is range-checked", "[model_io]") {
+    Model sparse = softmax_model();
+    sparse.top_k = 2;
+    require_round_trip(sparse);
+    const std::string text = moekit::model_to_json(sparse);
+    CHECK_THAT(text, Contains("\n  \"gate_inputs\": [\"z \\\"quoted\\\"\", \"caf\xc3\xa9\"],\n  "
+                              "\"top_k\": 2,\n  \"gate_parameters\""));
+    CHECK(moekit::model_from_json(text, "sparse.json").model.top_k == 2);
+
+    SECTION("hard routing of a tree gate (top_k 1) round trips") {
+        Model tree = tree_model();
+        require_round_trip(tree);
+        tree.top_k = 1;
+        require_round_trip(tree);
+        require_rejected(edit(moekit::model_to_json(tree), "\"top_k\": 1", "\"top_k\": 2"),
+                         "bad.json: key 'top_k' is 2, but a tree gate routes densely (0) or to "
+                         "its greedy top-1 expert (1)");
+    }
+    SECTION("out of range") {
+        require_rejected(edit(text, "\"top_k\": 2", "\"top_k\": 4"),
+                         "bad.json: key 'top_k' must be an integer between 0 and 3, but is the "
+                         "number 4");
+        require_rejected(edit(text, "\"top_k\": 2", "\"top_k\": -1"),
+                         "bad.json: key 'top_k' must be an integer between 0 and 3, but is the "
+                         "number -1");
+        require_rejected(edit(text, "\"top_k\": 2", "\"top_k\": 1.0"),
+                         "bad.json: key 'top_k' must be an integer between 0 and 3, but is the "
+                         "number 1.0");
+        require_rejected(edit(text, "\"top_k\": 2", "\"top_k\": null"),
+                         "bad.json: key 'top_k' must be an integer between 0 and 3, but is null");
+    }
+    SECTION("the writer refuses a model it could not read back") {
+        Model bad = tree_model();
+        bad.top_k = 2;
+        CHECK_THROWS_AS(moekit::model_to_json(bad), moekit::InvalidArgument);
+        bad = softmax_model();
+        bad.top_k = 4;
+        CHECK_THROWS_AS(moekit::model_to_json(bad), moekit::InvalidArgument);
+    }
+}
+
+TEST_CASE("the variant options of a fit record round trip and are validated", "[model_io]") {
+    Model model = softmax_model();
+    model.top_k = 2;
+    const moekit::FitRecord record = sparse_record();
+    const std::string text = moekit::model_to_json(model, &record);
+    CHECK_THAT(text,
+               Contains("\"newton_steps\": 4,\n      \"method\": \"gradient\",\n      \"variant\": "
+                        "\"standard\",\n      \"top_k\": 2,\n      \"balance_loss\": "
+                        "\"importance\",\n      \"balance_weight\": 0.30000000000000004,\n      "
+                        "\"capacity_factor\": 1.3333333333333333,\n      \"gate_noise\": true,\n"
+                        "      \"upcycle_noise\": 5e-324\n"));
+    CHECK_THAT(text, Contains("\"init\": \"upcycle\""));
+    const moekit::ModelFile file = moekit::model_from_json(text, "sparse.json");
+    REQUIRE(file.fit.has_value());
+    require_same_record(record, *file.fit);
+    CHECK(file.fit->options.init == moekit::InitMethod::Upcycle);
+    CHECK(moekit::model_to_json(file.model, &*file.fit) == text);
+    {
+        // The smooth load loss of noisy gating.
+        moekit::FitRecord r = record;
+        r.options.balance_loss = moekit::BalanceLoss::Load;
+        const std::string load = moekit::model_to_json(model, &r);
+        CHECK_THAT(load, Contains("\"balance_loss\": \"load\""));
+        const moekit::ModelFile back = moekit::model_from_json(load, "load.json");
+        REQUIRE(back.fit.has_value());
+        require_same_record(r, *back.fit);
+    }
+
+    // Every variant and method the library names is read back (with options it accepts).
+    for (const auto& [method, variant] :
+         {std::pair{moekit::FitMethod::Auto, moekit::Variant::Standard},
+          std::pair{moekit::FitMethod::EM, moekit::Variant::Hard},
+          std::pair{moekit::FitMethod::Gradient, moekit::Variant::MetaPi}}) {
+        moekit::FitRecord r = record;
+        r.options.top_k = 0;
+        r.options.balance_weight = 0.0;
+        r.options.capacity_factor = 0.0;
+        r.options.gate_noise = false;
+        r.options.method = method;
+        r.options.variant = variant;
+        Model dense = softmax_model();
+        dense.top_k = variant == moekit::Variant::Hard ? 1 : 0;
+        INFO(moekit::to_string(method) << ", " << moekit::to_string(variant));
+        const moekit::ModelFile back =
+            moekit::model_from_json(moekit::model_to_json(dense, &r), "variant.json");
+        REQUIRE(back.fit.has_value());
+        CHECK(back.fit->options.method == method);
+        CHECK(back.fit->options.variant == variant);
+        CHECK(back.model.top_k == dense.top_k);
+    }
+
+    SECTION("unknown words and values out of range") {
+        require_rejected(edit(text, "\"method\": \"gradient\"", "\"method\": \"newton\""),
+                         "bad.json: key 'fit.options.method' has unknown value 'newton' "
+                         "(expected 'auto', 'em' or 'gradient')");
+        require_rejected(edit(text, "\"variant\": \"standard\"", "\"variant\": \"metapi\""),
+                         "bad.json: key 'fit.options.variant' has unknown value 'metapi' "
+                         "(expected 'standard', 'meta-pi' or 'hard')");
+        require_rejected(edit(text, "\"balance_loss\": \"importance\"", "\"balance_loss\": \"l2\""),
+                         "bad.json: key 'fit.options.balance_loss' has unknown value 'l2' "
+                         "(expected 'switch', 'importance' or 'load')");
+        require_rejected(edit(text, "\"balance_weight\": 0.30000000000000004", "\"balance_weight\": -0.5"),
+                         "bad.json: key 'fit.options.balance_weight' is negative (-0.5)");
+        require_rejected(edit(text, "\"capacity_factor\": 1.3333333333333333", "\"capacity_factor\": \"2\""),
+                         "bad.json: key 'fit.options.capacity_factor' must be a number, but is "
+                         "the string '2'");
+        require_rejected(edit(text, "\"gate_noise\": true", "\"gate_noise\": 1"),
+                         "bad.json: key 'fit.options.gate_noise' must be a boolean, but is the "
+                         "number 1");
+        require_rejected(edit(text, "\"upcycle_noise\": 5e-324", "\"upcycle_noise\": -1"),
+                         "bad.json: key 'fit.options.upcycle_noise' is negative (-1)");
+        require_rejected(edit(text, "\"top_k\": 2,\n      \"balance_loss\"", "\"top_k\": -2,\n      \"balance_loss\""),
+                         "bad.json: key 'fit.options.top_k' must be an integer between 0 and "
+                         "9223372036854775807, but is the number -2");
+    }
+    SECTION("combinations the library refuses") {
+        // The options' own validation names the option and the reason.
+        CHECK_THROWS_MATCHES(
+            moekit::model_from_json(edit(text, "\"top_k\": 2,\n      \"balance_loss\"", "\"top_k\": 4,\n      \"balance_loss\""), "bad.json"),
+            moekit::DataError,
+            Catch::Matchers::Predicate<std::exception>(
+                [](const std::exception& e) {
+                    const std::string m = e.what();
+                    return m.rfind("bad.json: top_k (--top-k) is 4", 0) == 0;
+                },
+                "starts with the option and its value"));
+        CHECK_THROWS_MATCHES(
+            moekit::model_from_json(edit(text, "\"method\": \"gradient\"", "\"method\": \"em\""), "bad.json"),
+            moekit::DataError,
+            Catch::Matchers::Predicate<std::exception>(
+                [](const std::exception& e) {
+                    return std::string(e.what()).find("gradient ascent") != std::string::npos;
+                },
+                "says top-k needs gradient ascent"));
+    }
+}
+
+TEST_CASE("files written before the variant keys existed load with the defaults", "[model_io]") {
+    const Model model = gaussian_model(CovarianceType::Full);
+    const moekit::FitRecord record = sample_record(); // the variant options at their defaults
+    const std::string text = moekit::model_to_json(model, &record);
+    std::string old = text;
+    for (const char* key : {"\"top_k\"",
+                            "\"method\"",
+                            "\"variant\"",
+                            "\"balance_loss\"",
+                            "\"balance_weight\"",
+                            "\"capacity_factor\"",
+                            "\"gate_noise\"",
+                            "\"upcycle_noise\""})
+        old = without_lines(old, key);
+    // The last option of an old file has no trailing comma.
+    old = edit(old, "\"newton_steps\": 4,\n", "\"newton_steps\": 4\n");
+    REQUIRE(old.find("top_k") == std::string::npos);
+    REQUIRE(old.find("upcycle") == std::string::npos);
+
+    const moekit::ModelFile file = moekit::model_from_json(old, "old.json");
+    require_same_model(model, file.model);
+    CHECK(file.model.top_k == 0);
+    REQUIRE(file.fit.has_value());
+    const moekit::FitOptions defaults;
+    const moekit::FitOptions& o = file.fit->options;
+    CHECK(o.method == defaults.method);
+    CHECK(o.variant == defaults.variant);
+    CHECK(o.top_k == defaults.top_k);
+    CHECK(o.balance_loss == defaults.balance_loss);
+    CHECK(o.balance_weight == defaults.balance_weight);
+    CHECK(o.capacity_factor == defaults.capacity_factor);
+    CHECK(o.gate_noise == defaults.gate_noise);
+    CHECK(o.upcycle_noise == defaults.upcycle_noise);
+    // Saving it again writes the new keys, with those defaults: the current file.
+    CHECK(moekit::model_to_json(file.model, &*file.fit) == text);
+    // The bundled layout files without top_k load too.
+    CHECK(moekit::model_from_json(without_lines(gaussian_text, "\"top_k\""), "old.json").model.top_k == 0);
+}
+
+TEST_CASE("make_fit_record records the method that auto resolved to", "[model_io]") {
+    moekit::FitResult result;
+    result.model = softmax_model();
+    moekit::FitOptions options;
+    options.expert = ExpertKind::Linear;
+    options.gate = moekit::GateKind::Softmax;
+    options.covariance = CovarianceType::Spherical;
+    options.n_experts = 3;
+    CHECK(moekit::make_fit_record(result, options).options.method == moekit::FitMethod::EM);
+    options.top_k = 1;
+    CHECK(moekit::make_fit_record(result, options).options.method == moekit::FitMethod::Gradient);
+    options.top_k = 0;
+    options.variant = moekit::Variant::MetaPi;
+    CHECK(moekit::make_fit_record(result, options).options.method == moekit::FitMethod::Gradient);
+    options.variant = moekit::Variant::Standard;
+    options.method = moekit::FitMethod::Gradient;
+    CHECK(moekit::make_fit_record(result, options).options.method == moekit::FitMethod::Gradient);
+}
+
+TEST_CASE("fitted hash-gate and top-k models round trip and keep their log-likelihood",
+          "[model_io]") {
+    struct Case {
+        const char* name;
+        moekit::GateKind gate;
+        Index top_k;
+        std::string key;
+    };
+    for (const Case& c : {Case{"hash gate on class", moekit::GateKind::Hash, 0, "class"},
+                          Case{"softmax gate, top-1", moekit::GateKind::Softmax, 1, ""}}) {
+        INFO(c.name);
+        moekit::CsvSpec spec;
+        spec.targets = {"yn"};
+        spec.inputs = {"x"};
+        if (c.gate == moekit::GateKind::Softmax) spec.gate_inputs = {"x"};
+        spec.key = c.key;
+        const moekit::Dataset data = moekit::read_csv(std::string(MOEKIT_DATA_DIR) + "/NPreg.csv", spec);
+        moekit::FitOptions options;
+        options.expert = ExpertKind::Linear;
+        options.gate = c.gate;
+        options.n_experts = 2;
+        options.top_k = c.top_k;
+        options.max_iter = 200;
+        options.seed = 3;
+        const moekit::FitResult result = moekit::fit(data, options);
+        CHECK(result.model.top_k == c.top_k);
+        const moekit::FitRecord record = moekit::make_fit_record(result, options);
         const std::string text = moekit::model_to_json(result.model, &record);
         const moekit::ModelFile file = moekit::model_from_json(text, "fitted.json");
         require_same_model(result.model, file.model);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <variant>
 
 namespace moekit::cli {
 
@@ -70,8 +71,15 @@ model_csv_spec(const moekit::Model& model, const CsvOptions& options, bool targe
     spec.targets = model.target_names;
     spec.inputs = model.input_names;
     spec.gate_inputs = model.gate_input_names;
+    // A hash gate routes by its key column, read as text.
+    if (const auto* hash = std::get_if<moekit::HashGate>(&model.gate)) spec.key = hash->column;
     spec.targets_optional = targets_optional;
     return spec;
+}
+
+bool model_needs_inputs(const moekit::Model& model) {
+    return !model.input_names.empty() || !model.gate_input_names.empty() ||
+           std::holds_alternative<moekit::HashGate>(model.gate);
 }
 
 moekit::Model load_model_file(const std::string& path) {

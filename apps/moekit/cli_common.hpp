@@ -79,9 +79,14 @@ moekit::CsvSpec make_csv_spec(const CsvOptions& options);
 /// `--missing drop`, notes "moekit: dropped N rows with missing values (<path>)" on stderr.
 moekit::Dataset read_data(const std::string& path, const moekit::CsvSpec& spec);
 
-/// The CsvSpec that reads the columns `model` names (targets optional if `targets_optional`).
+/// The CsvSpec that reads the columns `model` names (targets optional if `targets_optional`),
+/// with the key column of a hash gate.
 moekit::CsvSpec
 model_csv_spec(const moekit::Model& model, const CsvOptions& options, bool targets_optional);
+
+/// Whether applying `model` needs columns besides its targets: expert inputs, gate inputs or
+/// the key column of a hash gate.
+bool model_needs_inputs(const moekit::Model& model);
 
 /// Loads a model file (moekit::load_model) and returns the model.
 moekit::Model load_model_file(const std::string& path);

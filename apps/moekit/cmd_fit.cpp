@@ -34,7 +34,8 @@ std::string quoted_list(const std::vector<std::string>& names) {
 const std::vector<moekit::InitMethod> init_methods{moekit::InitMethod::Auto,
                                                    moekit::InitMethod::KMeansPlusPlus,
                                                    moekit::InitMethod::Random,
-                                                   moekit::InitMethod::RandomLines};
+                                                   moekit::InitMethod::RandomLines,
+                                                   moekit::InitMethod::Upcycle};
 
 std::string init_method_words(const std::string& separator) {
     std::vector<std::string> words;
@@ -112,6 +113,13 @@ void check_roles(const std::string& command, const moekit::CsvSpec& spec) {
                                                "see y)",
                                            "Remove '" + target + "' from --gate-inputs or from --target.");
     }
+    if (!spec.key.empty() && contains(spec.targets, spec.key))
+        moekit::throw_invalid_argument(command,
+                                       "--hash-column",
+                                       "'" + spec.key + "'",
+                                       "the target '" + spec.key +
+                                           "' cannot also be the routing key (the gate would see y)",
+                                       "Route by a column that is not a target.");
     if (!spec.weights.empty() &&
         (contains(spec.targets, spec.weights) || contains(spec.inputs, spec.weights) ||
          contains(spec.gate_inputs, spec.weights)))
@@ -133,6 +141,30 @@ moekit::CsvSpec fit_column_spec(const std::string& command,
     spec.gate_inputs = o.gate_inputs;
     spec.weights = o.weights;
 
+    // A hash gate routes by its key column (read as text) and has no gate inputs.
+    const bool hash = options.gate == moekit::GateKind::Hash;
+    if (hash && o.hash_column.empty())
+        moekit::throw_invalid_argument(command,
+                                       "--hash-column",
+                                       "missing",
+                                       "a hash gate routes by the hash of a key column",
+                                       "Name the key column with --hash-column COL.");
+    if (!hash && !o.hash_column.empty())
+        moekit::throw_invalid_argument(command,
+                                       "--hash-column",
+                                       "'" + o.hash_column + "'",
+                                       "is only used with --gate hash (the gate is " +
+                                           std::string(moekit::to_string(options.gate)) + ")",
+                                       "Use --gate hash (or drop --gate) with --hash-column.");
+    if (hash && !spec.gate_inputs.empty())
+        moekit::throw_invalid_argument(command,
+                                       "--gate-inputs",
+                                       quoted_list(spec.gate_inputs),
+                                       "a hash gate uses no gate inputs (it routes by the "
+                                       "--hash-column key)",
+                                       "Drop --gate-inputs, or use --gate softmax.");
+    spec.key = o.hash_column;
+
     if (options.expert == moekit::ExpertKind::Gaussian && !spec.inputs.empty())
         moekit::throw_invalid_argument(command,
                                        "--inputs",
@@ -146,9 +178,10 @@ moekit::CsvSpec fit_column_spec(const std::string& command,
                                        "empty",
                                        "linear-regression experts need at least one input",
                                        "Name the regressor columns with --inputs/-x.");
-    if (options.gate != moekit::GateKind::Constant && spec.gate_inputs.empty())
+    const bool gate_has_inputs = options.gate != moekit::GateKind::Constant && !hash;
+    if (gate_has_inputs && spec.gate_inputs.empty())
         spec.gate_inputs = spec.inputs;
-    if (options.gate != moekit::GateKind::Constant && spec.gate_inputs.empty())
+    if (gate_has_inputs && spec.gate_inputs.empty())
         moekit::throw_invalid_argument(command,
                                        "--gate-inputs",
                                        "empty",
@@ -203,6 +236,8 @@ void check_warm_start(const moekit::Model& model,
                  std::to_string(model.n_experts()),
                  "--experts",
                  std::to_string(options.n_experts));
+    if (const auto* hash = std::get_if<moekit::HashGate>(&model.gate); hash && hash->column != spec.key)
+        mismatch("hash column", "'" + hash->column + "'", "--hash-column", "'" + spec.key + "'");
     if (const auto* tree = std::get_if<moekit::TreeGate>(&model.gate); tree && tree->branching != options.tree)
         mismatch("tree shape",
                  moekit::format_tree_shape(tree->branching),
@@ -313,7 +348,8 @@ void setup_fit(CLI::App& app) {
 
     CLI::App* sub = app.add_subcommand("fit",
                                        "Fit a mixture of experts p(y|x) = sum_k g_k(z) p_k(y|x) to "
-                                       "a CSV file by EM; print a summary and save the model");
+                                       "a CSV file by EM or gradient ascent; print a summary and "
+                                       "save the model");
 
     add_data_options(*sub, *opt);
 
@@ -322,9 +358,18 @@ void setup_fit(CLI::App& app) {
     add_enum_option(*sub,
                     "--gate",
                     fit.gate,
-                    choices_of({moekit::GateKind::Constant, moekit::GateKind::Softmax, moekit::GateKind::Tree}),
-                    "Gate: 'constant' mixing weights, 'softmax' (multinomial logit on z) or 'tree' "
-                    "(hierarchical mixture of experts: a tree of softmax gates, see --tree)");
+                    choices_of({moekit::GateKind::Constant,
+                                moekit::GateKind::Softmax,
+                                moekit::GateKind::Tree,
+                                moekit::GateKind::Hash}),
+                    "Gate: 'constant' mixing weights, 'softmax' (multinomial logit on z), 'tree' "
+                    "(hierarchical mixture of experts: a tree of softmax gates, see --tree) or "
+                    "'hash' (a fixed hash of a key column picks the expert, see --hash-column)");
+    sub->add_option("--hash-column",
+                    opt->hash_column,
+                    "Key column of a hash gate, read as text (integers by value, other text by "
+                    "its exact characters); implies --gate hash")
+        ->type_name("COL");
     CLI::Option* tree = sub->add_option("--tree",
                     opt->tree,
                     "Shape of a tree gate: children per level from the root, e.g. 2x3 (2 children, "
@@ -339,6 +384,51 @@ void setup_fit(CLI::App& app) {
                                 moekit::CovarianceType::Spherical}),
                     "Structure of the experts' covariances");
     add_estimation_options(*sub, *opt, true);
+    add_enum_option(*sub,
+                    "--method",
+                    fit.method,
+                    choices_of({moekit::FitMethod::Auto, moekit::FitMethod::EM, moekit::FitMethod::Gradient}),
+                    "Fitting method: 'em', 'gradient' (L-BFGS on the log-likelihood, or on the "
+                    "squared error for meta-pi) or 'auto' (gradient for meta-pi and --top-k, "
+                    "else EM)");
+    add_enum_option(*sub,
+                    "--variant",
+                    fit.variant,
+                    choices_of({moekit::Variant::Standard, moekit::Variant::MetaPi, moekit::Variant::Hard}),
+                    "Model variant: 'standard' (maximum likelihood), 'meta-pi' (gate-weighted "
+                    "mean trained on the squared error) or 'hard' (classification EM; prediction "
+                    "from the top-1 expert; needs a softmax or tree gate)");
+    sub->add_option("--top-k",
+                    fit.top_k,
+                    "Sparse gating: keep each sample's K most probable experts (1: Switch-style "
+                    "routing; 0: dense); softmax gate, gradient method")
+        ->type_name("K")
+        ->capture_default_str();
+    CLI::Option* balance_loss = add_enum_option(*sub,
+                    "--balance-loss",
+                    fit.balance_loss,
+                    choices_of({moekit::BalanceLoss::Switch, moekit::BalanceLoss::Importance, moekit::BalanceLoss::Load}),
+                    "Load-balancing loss of --top-k: 'switch' (K sum_k f_k P_k), 'importance' "
+                    "(squared coefficient of variation of the gate mass) or 'load' (that of the "
+                    "smooth load of noisy gating; needs --gate-noise)");
+    sub->add_option("--balance-weight",
+                    fit.balance_weight,
+                    "Weight alpha of the load-balancing loss (--top-k only; 0: none)")
+        ->capture_default_str();
+    sub->add_option("--capacity-factor",
+                    fit.capacity_factor,
+                    "With --top-k, each expert takes at most C*n/K samples per pass, the overflow "
+                    "is dropped and counted (0: no limit)")
+        ->capture_default_str();
+    sub->add_flag("--gate-noise",
+                  fit.gate_noise,
+                  "With --top-k, noisy gating (Shazeer et al.): learnt softplus noise on the gate "
+                  "scores during training only; trains for exactly --max-iter passes");
+    CLI::Option* upcycle_noise = sub->add_option("--upcycle-noise",
+                    fit.upcycle_noise,
+                    "--init upcycle: scale of the perturbation of each copy of the single "
+                    "expert, in residual standard deviations")
+        ->capture_default_str();
     sub->add_option("-o,--output", opt->output, "Write the model (JSON) to this file");
     sub->add_option("--responsibilities",
                     opt->responsibilities,
@@ -357,15 +447,19 @@ void setup_fit(CLI::App& app) {
                   "not a terminal");
 
     sub->footer(std::string("Example:\n") + faithful_fit_example);
-    sub->callback([opt, experts, tree]() {
+    sub->callback([opt, experts, tree, balance_loss, upcycle_noise]() {
         opt->experts_given = experts->count() > 0;
         opt->tree_given = tree->count() > 0;
+        opt->balance_loss_given = balance_loss->count() > 0;
+        opt->upcycle_noise_given = upcycle_noise->count() > 0;
         run_fit(*opt);
     });
 }
 
 void run_fit(const FitCommandOptions& o) {
     moekit::FitOptions options = o.fit;
+    if (!o.hash_column.empty() && options.gate == moekit::GateKind::Constant)
+        options.gate = moekit::GateKind::Hash; // --hash-column implies --gate hash
     if (o.tree_given || !o.tree.empty()) {
         if (options.gate == moekit::GateKind::Constant || options.gate == moekit::GateKind::Tree)
             options.gate = moekit::GateKind::Tree;
@@ -385,6 +479,14 @@ void run_fit(const FitCommandOptions& o) {
         moekit::throw_invalid_argument(command, "--experts", "missing", "the number of experts is required",
                                        "Add -k K (or --tree for a tree gate).");
     const std::optional<moekit::Model> warm_start = resolve_init(command, o.init, options, true);
+    // Flags that only mean something with another one (the library's own rules cover
+    // --balance-weight and --capacity-factor, whose defaults are "off").
+    if (o.balance_loss_given && options.top_k == 0)
+        moekit::throw_invalid_argument(command, "--balance-loss", "'" + std::string(moekit::to_string(options.balance_loss)) + "'",
+                                       "load balancing applies to sparse top-k gating", "Add --top-k.");
+    if (o.upcycle_noise_given && options.init != moekit::InitMethod::Upcycle)
+        moekit::throw_invalid_argument(command, "--upcycle-noise", moekit::format_number(options.upcycle_noise),
+                                       "is only used with --init upcycle", "Add --init upcycle, or drop --upcycle-noise.");
     const moekit::CsvSpec spec = fit_column_spec(command, o, options);
     moekit::validate(options, command);
     check_output_path(command, "--output", o.output);

@@ -40,8 +40,9 @@ void run_predict(const PredictCommandOptions& o) {
     check_output_path("moekit predict", "--responsibilities", o.responsibilities);
     const moekit::Model model = load_model_file(o.model);
     // A model without inputs (Gaussian experts, constant gate) can only be applied to its
-    // targets; a file without them would silently give the same prediction on every row.
-    const bool needs_inputs = !model.input_names.empty() || !model.gate_input_names.empty();
+    // targets; a file without them would silently give the same prediction on every row. A
+    // hash gate's key column counts as an input.
+    const bool needs_inputs = model_needs_inputs(model);
     const moekit::Dataset data = read_data(o.data, model_csv_spec(model, o.csv, needs_inputs));
     const bool has_targets = data.n_outputs() > 0;
     if (!o.responsibilities.empty() && !has_targets)

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <numeric>
+#include <variant>
 
 namespace moekit::cli {
 namespace {
@@ -62,7 +63,10 @@ OneInputView one_input_view(const moekit::Model& model,
     v.u.assign(u.data(), u.data() + u.size());
     v.y = column(data.y, 0);
 
+    // A hash gate routes by a key column that a grid over u does not have: its curves are drawn
+    // at the samples.
     const bool inputs_are_u =
+        !std::holds_alternative<moekit::HashGate>(model.gate) &&
         model.input_names.size() <= 1 && model.gate_input_names.size() <= 1 &&
         (model.input_names.empty() || model.input_names[0] == u_name) &&
         (model.gate_input_names.empty() || model.gate_input_names[0] == u_name);
@@ -235,8 +239,10 @@ void run_report(const ReportCommandOptions& o) {
     if (const auto u = plotting_input(model)) r.one_input = one_input_view(model, data, r.gate, *u);
     if (model.experts.kind == moekit::ExpertKind::Gaussian && model.experts.n_outputs() >= 2)
         r.ellipses = ellipse_view(model, data);
+    // The density panel evaluates the mixture on a grid of y; a hash gate's mixture depends on
+    // each sample's key, so it has no such curve.
     if (model.input_names.empty() && model.gate_input_names.empty() &&
-        model.experts.n_outputs() == 1)
+        !std::holds_alternative<moekit::HashGate>(model.gate) && model.experts.n_outputs() == 1)
         r.density = density_view(model, data);
 
     moekit::write_file_atomic(o.output, render_report_html(r));

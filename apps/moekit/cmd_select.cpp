@@ -236,6 +236,12 @@ void run_select(const SelectCommandOptions& o) {
                                            "must list constant and/or softmax",
                                            "Compare tree shapes with separate 'moekit fit --tree' "
                                            "runs.");
+        if (gate == moekit::GateKind::Hash)
+            moekit::throw_invalid_argument(command,
+                                           "--gate",
+                                           "'hash'",
+                                           "must list constant and/or softmax",
+                                           "Fit hash routing with 'moekit fit --hash-column COL'.");
         grid.gates.push_back(gate);
     }
 

@@ -6,17 +6,27 @@
 
 #include <algorithm>
 #include <memory>
+#include <variant>
 
 namespace moekit::cli {
 namespace {
 
-/// The input columns of a model, then its gate-input columns not among them: the columns an
-/// inputs file must provide, in the order the output CSV shows them.
+/// The input columns of a model, then its gate-input columns not among them: the numeric
+/// columns an inputs file must provide, in the order the output CSV shows them.
 std::vector<std::string> model_input_columns(const moekit::Model& model) {
     std::vector<std::string> columns = model.input_names;
     for (const auto& name : model.gate_input_names)
         if (std::find(columns.begin(), columns.end(), name) == columns.end())
             columns.push_back(name);
+    return columns;
+}
+
+/// The columns an inputs file must provide: the numeric ones and a hash gate's key column.
+std::vector<std::string> required_columns(const moekit::Model& model) {
+    std::vector<std::string> columns = model_input_columns(model);
+    if (const auto* hash = std::get_if<moekit::HashGate>(&model.gate))
+        if (std::find(columns.begin(), columns.end(), hash->column) == columns.end())
+            columns.push_back(hash->column);
     return columns;
 }
 
@@ -44,7 +54,8 @@ void setup_simulate(CLI::App& app) {
     add_csv_options(*sub, opt->csv);
     sub->footer(
         std::string("Output columns: the input columns, the gate-input columns not among them, the "
-                    "targets, expert (1-based).\n"
+                    "targets, expert (1-based); a hash gate's key column (text) is read to route "
+                    "but not copied.\n"
                     "Example:\n") +
         faithful_fit_example +
         "  moekit simulate faithful.json -n 100 --seed 7 -o faithful_sim.csv");
@@ -54,13 +65,13 @@ void setup_simulate(CLI::App& app) {
 void run_simulate(const SimulateCommandOptions& o) {
     check_output_path("moekit simulate", "--output", o.output);
     const moekit::Model model = load_model_file(o.model);
-    const bool needs_inputs = !model.input_names.empty() || !model.gate_input_names.empty();
+    const bool needs_inputs = model_needs_inputs(model);
     if (needs_inputs && o.inputs.empty())
         moekit::throw_invalid_argument(
             "moekit simulate",
             "--inputs",
             "missing",
-            "the model needs its input columns (" + join(model_input_columns(model), ", ") + ")",
+            "the model needs its input columns (" + join(required_columns(model), ", ") + ")",
             "Give --inputs X.csv with those columns; one sample is drawn per row.");
     if (!needs_inputs && !o.inputs.empty())
         moekit::throw_invalid_argument("moekit simulate",

@@ -31,6 +31,8 @@ struct FitInputOptions {
     std::vector<std::string> inputs;      ///< expert inputs x (--inputs/-x)
     std::vector<std::string> gate_inputs; ///< gate inputs z (--gate-inputs)
     std::string weights;                  ///< sample-weight column (--weights)
+    /// Key column of a hash gate (--hash-column, `fit` only): read as text, hashed to route.
+    std::string hash_column;
     CsvOptions csv;                       ///< --delimiter, --missing
     moekit::FitOptions fit;               ///< every fit option, defaults from the library
     std::string init;                     ///< "kmeans++", "random" or a model file (warm start)
@@ -49,7 +51,8 @@ std::optional<moekit::Model> resolve_init(const std::string& command,
                                           moekit::FitOptions& options,
                                           bool allow_model);
 /// Which columns play which role, checked against options.expert and options.gate before any
-/// data is read (a softmax or tree gate without --gate-inputs uses the expert inputs).
+/// data is read (a softmax or tree gate without --gate-inputs uses the expert inputs; a hash
+/// gate reads its key column, input.hash_column, and no gate inputs).
 /// @throws InvalidArgument naming `command`.
 moekit::CsvSpec fit_column_spec(const std::string& command,
                                 const FitInputOptions& input,
@@ -60,6 +63,8 @@ struct FitCommandOptions : FitInputOptions {
     std::string tree;             ///< tree shape for --gate tree, e.g. "2x3"
     bool experts_given = false;   ///< -k/--experts was on the command line
     bool tree_given = false;      ///< --tree was on the command line (even with an empty shape)
+    bool balance_loss_given = false;  ///< --balance-loss was on the command line
+    bool upcycle_noise_given = false; ///< --upcycle-noise was on the command line
     std::string output;           ///< model file (--output/-o), empty: not saved
     std::string responsibilities; ///< responsibilities CSV, empty: not written
     bool json = false;            ///< print the model file as JSON instead of the summary

@@ -892,6 +892,11 @@ std::string gate_table(const moekit::Model& model) {
         return "<h3>Softmax gate coefficients</h3><p class=\"note\">expert 1 is the reference (its "
                "column is 0)</p>\n" +
                coefficient_table(softmax->coefficients, "", 0);
+    if (const auto* hash = std::get_if<moekit::HashGate>(&model.gate))
+        return "<h3>Hash gate</h3><p class=\"note\">each sample goes to expert hash(key) mod " +
+               std::to_string(hash->n_experts) + " of its key in column <code>" +
+               html_escape(hash->column) +
+               "</code> (moekit-key-v1, docs/file_formats.md); nothing is learnt</p>\n";
     if (const auto* tree = std::get_if<moekit::TreeGate>(&model.gate)) {
         std::string out = "<h3>Tree gate nodes</h3>\n";
         const auto depths = moekit::tree_node_depths(tree->branching);

@@ -5,6 +5,7 @@
 
 #include "cli_common.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <ostream>
 #include <variant>
@@ -79,7 +80,11 @@ std::string describe_model(const moekit::Model& model) {
                 moekit::format_tree_shape(std::get<moekit::TreeGate>(model.gate).branching) +
                 " on " + join(model.gate_input_names, ", ");
         break;
+    case moekit::GateKind::Hash:
+        text += ", hash gate on " + std::get<moekit::HashGate>(model.gate).column;
+        break;
     }
+    if (model.top_k > 0) text += ", top-" + std::to_string(model.top_k) + " routing";
     return text;
 }
 
@@ -101,6 +106,25 @@ void print_fit_summary(std::ostream& out,
     out << "n_parameters: " << result.n_parameters << '\n';
     out << "AIC: " << fixed_number(result.aic) << '\n';
     out << "BIC: " << fixed_number(result.bic) << '\n';
+    out << "MSE: " << short_number(result.mse) << '\n';
+    out << "method: " << moekit::to_string(result.method) << '\n';
+    out << "variant: " << moekit::to_string(options.variant) << '\n';
+    if (options.variant == moekit::Variant::Hard || std::isfinite(result.hard_disagreement))
+        out << "hard/soft disagreement: " << short_number(100.0 * result.hard_disagreement)
+            << "% (top-1 gate expert is not the most responsible expert)\n";
+    const moekit::ObjectiveReport& sparse = result.sparse;
+    const bool sparse_gating = sparse.load.size() > 0;
+    if (sparse_gating) {
+        out << "top-k routing: k = " << model.top_k << ", " << moekit::to_string(options.balance_loss)
+            << " balance loss weight " << short_number(options.balance_weight) << ", capacity factor "
+            << (options.capacity_factor > 0.0 ? short_number(options.capacity_factor) : std::string("none"))
+            << (options.gate_noise ? ", noisy gating" : "") << '\n';
+        out << "balance losses: switch " << short_number(sparse.switch_loss) << ", importance CV^2 "
+            << short_number(sparse.importance_cv2) << ", load CV^2 " << short_number(sparse.load_cv2)
+            << '\n';
+        out << "dropped: " << sparse.dropped << " routings (" << sparse.dropped_samples
+            << " samples with no expert)\n";
+    }
     out << "iterations: " << result.iterations << '\n';
     out << "converged: " << (result.converged ? "yes" : "no") << '\n';
     out << "restarts: " << options.restarts << " (best: " << result.best_restart + 1
@@ -117,7 +141,9 @@ void print_fit_summary(std::ostream& out,
         out << "\nexpert " << k + 1 << ":";
         if (constant != nullptr)
             out << " gate weight " << short_number(constant->weights(k)) << ",";
-        out << " size " << short_number(sizes(k)) << '\n';
+        out << " size " << short_number(sizes(k));
+        if (sparse_gating && k < sparse.load.size()) out << ", load " << short_number(sparse.load(k));
+        out << '\n';
         print_expert_table(out, model, k);
     }
 

@@ -14,9 +14,11 @@ namespace moekit::cli {
 std::string describe_model(const moekit::Model& model);
 
 /// Writes the fit summary: model description, data, log-likelihood, number of parameters,
-/// AIC, BIC, iterations, convergence, restarts, then per expert (numbered 1..K) its gate weight
-/// (constant gate) and size Σ_i w_i h_ik, its mean or coefficients, its covariance (σ when
-/// q = 1), and for a softmax gate the coefficient table.
+/// AIC, BIC, the training MSE, the method and variant used (with the hard/soft disagreement of
+/// the hard variant, and the routing, balance losses and capacity drops of sparse top-k
+/// gating), iterations, convergence, restarts, then per expert (numbered 1..K) its gate weight
+/// (constant gate), size Σ_i w_i h_ik and load (top-k), its mean or coefficients, its
+/// covariance (σ when q = 1), and for a softmax gate the coefficient table.
 /// @param data_name how to name the data (a path or "<stdin>").
 /// @param data the data the model was fitted on (for the sample weights).
 void print_fit_summary(std::ostream& out,

@@ -14,18 +14,21 @@
 #include "fuzz_check.hpp"
 
 #include "moekit/errors.hpp"
+#include "moekit/gates.hpp"
 #include "moekit/model.hpp"
 #include "moekit/model_io.hpp"
 #include "moekit/simulate.hpp"
 
 #include <cmath>
 #include <string>
+#include <variant>
 
 namespace {
 
 const std::string source = "fuzz.json";
 
-/// A 3-row data set with the model's numbers of targets, inputs and gate inputs.
+/// A 3-row data set with the model's numbers of targets, inputs and gate inputs (and, for a
+/// hash gate, three routing keys).
 moekit::Dataset small_data(const moekit::Model& model) {
     const auto q = static_cast<moekit::Index>(model.target_names.size());
     const auto d = static_cast<moekit::Index>(model.input_names.size());
@@ -41,6 +44,10 @@ moekit::Dataset small_data(const moekit::Model& model) {
     data.target_names = model.target_names;
     data.input_names = model.input_names;
     data.gate_input_names = model.gate_input_names;
+    if (const auto* hash = std::get_if<moekit::HashGate>(&model.gate)) {
+        data.keys = {moekit::hash_key("1"), moekit::hash_key("-7"), moekit::hash_key("user 3")};
+        data.key_name = hash->column;
+    }
     return data;
 }
 

@@ -6,7 +6,7 @@
 /// callbacks are removed before parsing, so nothing is read, fitted or written: this fuzzes
 /// CLI11's parsing with moekit's option definitions. Each argument is also given to the
 /// library's word parsers that the fit command applies to option values (tree shapes, init
-/// methods, expert, gate and covariance kinds).
+/// methods, expert, gate and covariance kinds, fit methods, variants and balance losses).
 ///
 /// Contract checked: parse() succeeds or throws CLI::ParseError (a usage error, exit 1, or
 /// --help / --version); the word parsers succeed or throw moekit::InvalidArgument with a
@@ -69,6 +69,9 @@ void parse_words(const std::string& word) {
     try_word(word, [](const std::string& w) { (void)moekit::parse_expert_kind(w); });
     try_word(word, [](const std::string& w) { (void)moekit::parse_gate_kind(w); });
     try_word(word, [](const std::string& w) { (void)moekit::parse_covariance_type(w); });
+    try_word(word, [](const std::string& w) { (void)moekit::parse_fit_method(w); });
+    try_word(word, [](const std::string& w) { (void)moekit::parse_variant(w); });
+    try_word(word, [](const std::string& w) { (void)moekit::parse_balance_loss(w); });
 }
 
 } // namespace
