@@ -506,11 +506,15 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
         current_objective = value_objective;
         result.trace.push_back(current);
         result.iterations = it;
+        // The hook sees every iteration, the converging one included; stopping a fit that has
+        // converged changes nothing.
+        const bool go_on =
+            !options.on_iteration || options.on_iteration(FitProgress{restart, options.restarts, it, current});
         if (change < options.tol) {
             result.converged = true;
             break;
         }
-        if (options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, it, current})) {
+        if (!go_on) {
             result.interrupted = true;
             break;
         }
@@ -646,13 +650,14 @@ FitResult fit_gradient(const Dataset& data, Model init, const FitOptions& option
     };
     const detail::LbfgsResult r =
         detail::maximize_lbfgs(objective_at, start, options.max_iter, options.tol, data.weights.sum(), on_step);
-    if (static_cast<int>(result.trace.size()) < r.iterations + 1) result.trace.push_back(r.value); // the converging step
+    // on_step sees every accepted step, so the trace is complete; guard it all the same.
+    if (static_cast<int>(result.trace.size()) < r.iterations + 1) result.trace.push_back(r.value);
     Model model = shape;
     unpack_parameters(model, r.theta, set);
     if (meta) gate_weighted_covariances(model, data, oo.reg_covar, oo.scale);
     result.iterations = r.iterations;
     result.converged = r.converged;
-    result.interrupted = stopped;
+    result.interrupted = stopped && !r.converged; // a stop request on the converging step changes nothing
     if (r.line_search_failed)
         record(result.interventions, {restart, r.iterations, "line_search_failed", -1,
                                       "no step along the gradient increased the objective (a maximum to machine "
@@ -720,11 +725,15 @@ FitResult fit_hard(const Dataset& data, Model init, const FitOptions& options, i
         const bool same = (next.array() == labels.array()).all();
         labels = next;
         previous = value;
+        // Iteration 0 is the initial C-step (labels start at −1, so it never converges). The
+        // hook sees every later iteration, the converging one included.
+        const bool go_on = it == 0 || !options.on_iteration ||
+                           options.on_iteration(FitProgress{restart, options.restarts, it, value});
         if (same) {
             result.converged = true;
             break;
         }
-        if (it > 0 && options.on_iteration && !options.on_iteration(FitProgress{restart, options.restarts, it, value})) {
+        if (!go_on) {
             result.interrupted = true;
             break;
         }

@@ -222,6 +222,44 @@ void check_structure_for_writing(const Model& model) {
     }
 }
 
+/// A diagnostics number: finite values as numbers, anything else (an AvePP of an empty expert,
+/// the numbers of a failed selection candidate) as null.
+Json nullable_json(double value) {
+    return std::isfinite(value) ? Json(value) : Json(nullptr);
+}
+
+/// The `fit.sparse` object: the balance losses, load and capacity drops of a top-k fit.
+Json sparse_json(const Model& model, const FitOptions& options, const ObjectiveReport& sparse) {
+    if (options.top_k == 0) {
+        throw_invalid_argument(writer,
+                               "fit->sparse",
+                               "set",
+                               "it is recorded for sparse top-k fits only (fit->options.top_k is 0)");
+    }
+    if (sparse.load.size() != model.n_experts()) {
+        throw_invalid_argument(writer,
+                               "fit->sparse.load",
+                               std::to_string(sparse.load.size()) + " values",
+                               "there must be one per expert (" +
+                                   std::to_string(model.n_experts()) + ")");
+    }
+    check_finite_for_writing(sparse.balance_loss, "fit->sparse.balance_loss");
+    check_finite_for_writing(sparse.switch_loss, "fit->sparse.switch_loss");
+    check_finite_for_writing(sparse.importance_cv2, "fit->sparse.importance_cv2");
+    check_finite_for_writing(sparse.load_cv2, "fit->sparse.load_cv2");
+    for (Index k = 0; k < sparse.load.size(); ++k)
+        check_finite_for_writing(sparse.load(k), "fit->sparse.load[" + std::to_string(k) + "]");
+    Json out = Json::object();
+    out["balance_loss"] = sparse.balance_loss;
+    out["switch_loss"] = sparse.switch_loss;
+    out["importance_cv2"] = sparse.importance_cv2;
+    out["load_cv2"] = sparse.load_cv2;
+    out["load"] = vector_json(sparse.load);
+    out["dropped"] = static_cast<std::int64_t>(sparse.dropped);
+    out["dropped_samples"] = static_cast<std::int64_t>(sparse.dropped_samples);
+    return out;
+}
+
 Json fit_json(const Model& model, const FitRecord& fit) {
     check_finite_for_writing(fit.log_likelihood, "fit->log_likelihood");
     check_finite_for_writing(fit.n_samples, "fit->n_samples");
@@ -308,18 +346,22 @@ Json fit_json(const Model& model, const FitRecord& fit) {
     }
     out["restart_log_likelihoods"] = std::move(restarts);
     out["warnings"] = names_json(fit.warnings);
+    if (fit.mse) {
+        check_finite_for_writing(*fit.mse, "fit->mse");
+        out["mse"] = *fit.mse;
+    } else {
+        out["mse"] = nullptr;
+    }
+    // Null unless the variant is hard (the disagreement is defined for hard fits only).
+    out["hard_disagreement"] = options.variant == Variant::Hard ? nullable_json(fit.hard_disagreement)
+                                                                : Json(nullptr);
+    out["sparse"] = fit.sparse ? sparse_json(model, options, *fit.sparse) : Json(nullptr);
     out["options"] = std::move(opts);
     return out;
 }
 
 constexpr std::initializer_list<Criterion> criteria = {
     Criterion::Bic, Criterion::Icl, Criterion::Aic};
-
-/// A diagnostics number: finite values as numbers, anything else (an AvePP of an empty expert,
-/// the numbers of a failed selection candidate) as null.
-Json nullable_json(double value) {
-    return std::isfinite(value) ? Json(value) : Json(nullptr);
-}
 
 Json diagnostics_json(const Model& model, const Diagnostics& d) {
     if (static_cast<Index>(d.experts.size()) != model.n_experts()) {
@@ -864,6 +906,47 @@ class Reader {
     const std::string& source_;
 };
 
+/// The `fit.sparse` object of a top-k fit (`options` already read).
+ObjectiveReport read_sparse(const Reader& r,
+                            const Json& value,
+                            const std::string& path,
+                            const Model& model,
+                            const FitOptions& options) {
+    constexpr auto int_max = std::numeric_limits<std::int64_t>::max();
+    r.object(value, path);
+    if (options.top_k == 0) {
+        r.fail_key(path, "must be null unless top-k gating is on ('fit.options.top_k' is 0)");
+    }
+    r.only_keys(value,
+                path,
+                {"balance_loss",
+                 "switch_loss",
+                 "importance_cv2",
+                 "load_cv2",
+                 "load",
+                 "dropped",
+                 "dropped_samples"});
+    auto at = [&](std::string_view key) -> const Json& { return r.member(value, path, key); };
+    auto key = [&](std::string_view name) { return join(path, name); };
+    ObjectiveReport sparse;
+    sparse.balance_loss = r.non_negative(at("balance_loss"), key("balance_loss"));
+    sparse.switch_loss = r.non_negative(at("switch_loss"), key("switch_loss"));
+    sparse.importance_cv2 = r.non_negative(at("importance_cv2"), key("importance_cv2"));
+    sparse.load_cv2 = r.non_negative(at("load_cv2"), key("load_cv2"));
+    sparse.load = r.vector(at("load"),
+                           key("load"),
+                           model.n_experts(),
+                           "n_experts is " + std::to_string(model.n_experts()));
+    for (Index k = 0; k < sparse.load.size(); ++k) {
+        if (sparse.load(k) < 0.0) {
+            r.fail_key(indexed(key("load"), static_cast<std::size_t>(k)), "is negative");
+        }
+    }
+    sparse.dropped = r.integer(at("dropped"), key("dropped"), 0, int_max);
+    sparse.dropped_samples = r.integer(at("dropped_samples"), key("dropped_samples"), 0, int_max);
+    return sparse;
+}
+
 FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
     const std::string path = "fit";
     r.object(value, path);
@@ -881,6 +964,9 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
                  "best_restart",
                  "restart_log_likelihoods",
                  "warnings",
+                 "mse",
+                 "hard_disagreement",
+                 "sparse",
                  "options"});
     auto at = [&](std::string_view key) -> const Json& { return r.member(value, path, key); };
     auto key = [&](std::string_view name) { return join(path, name); };
@@ -1012,6 +1098,24 @@ FitRecord read_fit(const Reader& r, const Json& value, const Model& model) {
     } catch (const InvalidArgument& e) {
         throw DataError(one_line(e.what()));
     }
+
+    // Results added after the first files were written: optional on input; null or absent
+    // means not recorded.
+    auto recorded = [&](std::string_view name) -> const Json* {
+        const auto it = value.find(name);
+        return it == value.end() || it->is_null() ? nullptr : &*it;
+    };
+    if (const Json* v = recorded("mse")) fit.mse = r.non_negative(*v, key("mse"));
+    if (const Json* v = recorded("hard_disagreement")) {
+        if (options.variant != Variant::Hard) {
+            r.fail_key(key("hard_disagreement"),
+                       "must be null unless the variant is 'hard' (it is " +
+                           quoted(to_string(options.variant)) + ")");
+        }
+        fit.hard_disagreement = r.non_negative(*v, key("hard_disagreement"));
+        if (fit.hard_disagreement > 1.0) r.fail_key(key("hard_disagreement"), "is above 1");
+    }
+    if (const Json* v = recorded("sparse")) fit.sparse = read_sparse(r, *v, key("sparse"), model, options);
     return fit;
 }
 
@@ -1240,6 +1344,20 @@ FitRecord make_fit_record(const FitResult& result, const FitOptions& options) {
     record.best_restart = result.best_restart;
     record.restart_log_likelihoods = result.restart_log_likelihoods;
     record.warnings = result.warnings;
+    record.mse = result.mse;
+    record.hard_disagreement = result.hard_disagreement;
+    if (result.sparse.load.size() > 0) {
+        // Only what the file stores, so that a saved record reads back equal.
+        ObjectiveReport sparse;
+        sparse.balance_loss = result.sparse.balance_loss;
+        sparse.switch_loss = result.sparse.switch_loss;
+        sparse.importance_cv2 = result.sparse.importance_cv2;
+        sparse.load_cv2 = result.sparse.load_cv2;
+        sparse.load = result.sparse.load;
+        sparse.dropped = result.sparse.dropped;
+        sparse.dropped_samples = result.sparse.dropped_samples;
+        record.sparse = std::move(sparse);
+    }
     record.options = options;
     // The file says which method ran: `auto` is recorded as what it resolved to (the same fit
     // whichever of the two is given again).

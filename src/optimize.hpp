@@ -33,7 +33,8 @@ struct LbfgsResult {
 };
 
 /// @param f value and gradient at θ (gradient written to its second argument).
-/// @param on_step called after each accepted step with (iteration, value); returning false stops.
+/// @param on_step called after each accepted step with (iteration, value), the converging step
+///        included; returning false stops (no effect on the converging step).
 inline LbfgsResult maximize_lbfgs(const std::function<double(const Vector&, Vector&)>& f,
                                   Vector theta,
                                   int max_iter,
@@ -128,11 +129,14 @@ inline LbfgsResult maximize_lbfgs(const std::function<double(const Vector&, Vect
         result.theta = theta;
         result.value = value;
         small_changes = change < tol ? small_changes + 1 : 0;
+        // on_step sees every accepted step, the converging one included; its stop request
+        // matters only when the run would go on.
+        const bool go_on = !on_step || on_step(it, value);
         if (small_changes >= 2) {
             result.converged = true;
             break;
         }
-        if (on_step && !on_step(it, value)) break;
+        if (!go_on) break;
     }
     return result;
 }

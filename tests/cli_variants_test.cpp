@@ -243,6 +243,45 @@ TEST_CASE("cli variants: --top-k with load balancing and a capacity limit", "[cl
     CHECK(read_json(dir, "model.json").at("fit").at("options").at("balance_loss") == "importance");
 }
 
+TEST_CASE("cli variants: fit --json reports the MSE, hard disagreement and sparse report",
+          "[cli][variants]") {
+    TempDir dir;
+    {
+        const RunResult fitted = fit_npreg(
+            dir, {"--gate", "softmax", "--top-k", "1", "--capacity-factor", "1.5", "--json"}, "3");
+        INFO(fitted.err);
+        REQUIRE(fitted.exit_code == 0);
+        const auto fit = nlohmann::json::parse(fitted.out).at("fit");
+        CHECK(fit.at("mse").is_number());
+        CHECK(fit.at("mse").get<double>() > 0.0);
+        CHECK(fit.at("hard_disagreement").is_null());
+        const auto& sparse = fit.at("sparse");
+        REQUIRE(sparse.is_object());
+        for (const char* key : {"balance_loss", "switch_loss", "importance_cv2", "load_cv2"})
+            CHECK(sparse.at(key).is_number());
+        REQUIRE(sparse.at("load").size() == 3);
+        double total = 0.0;
+        for (const auto& share : sparse.at("load")) total += share.get<double>();
+        CHECK(total > 0.0);
+        CHECK(total <= 1.0 + 1e-12); // top-1: each sample routed once at most
+        CHECK(sparse.at("dropped").is_number_integer());
+        CHECK(sparse.at("dropped_samples").is_number_integer());
+        // The model file carries the same record.
+        CHECK(read_json(dir, "model.json").at("fit") == fit);
+    }
+    {
+        const RunResult fitted = fit_npreg(dir, {"--variant", "hard", "--gate", "softmax", "--json"});
+        INFO(fitted.err);
+        REQUIRE(fitted.exit_code == 0);
+        const auto fit = nlohmann::json::parse(fitted.out).at("fit");
+        CHECK(fit.at("mse").is_number());
+        REQUIRE(fit.at("hard_disagreement").is_number());
+        CHECK(fit.at("hard_disagreement").get<double>() >= 0.0);
+        CHECK(fit.at("hard_disagreement").get<double>() <= 1.0);
+        CHECK(fit.at("sparse").is_null());
+    }
+}
+
 TEST_CASE("cli variants: --gate-noise trains noisy top-k gating from the seeded stream",
           "[cli][variants]") {
     TempDir dir;

@@ -239,6 +239,20 @@ void require_same_record(const moekit::FitRecord& a, const moekit::FitRecord& b)
     CHECK(a.best_restart == b.best_restart);
     CHECK(same_bits(a.restart_log_likelihoods, b.restart_log_likelihoods));
     CHECK(a.warnings == b.warnings);
+    REQUIRE(a.mse.has_value() == b.mse.has_value());
+    if (a.mse) CHECK(bits(*a.mse) == bits(*b.mse));
+    CHECK(std::isnan(a.hard_disagreement) == std::isnan(b.hard_disagreement));
+    if (!std::isnan(a.hard_disagreement)) CHECK(bits(a.hard_disagreement) == bits(b.hard_disagreement));
+    REQUIRE(a.sparse.has_value() == b.sparse.has_value());
+    if (a.sparse) {
+        const moekit::ObjectiveReport& x = *a.sparse;
+        const moekit::ObjectiveReport& y = *b.sparse;
+        CHECK(same_bits(std::vector<double>{x.balance_loss, x.switch_loss, x.importance_cv2, x.load_cv2},
+                        std::vector<double>{y.balance_loss, y.switch_loss, y.importance_cv2, y.load_cv2}));
+        CHECK(same_bits(Matrix(x.load), Matrix(y.load)));
+        CHECK(x.dropped == y.dropped);
+        CHECK(x.dropped_samples == y.dropped_samples);
+    }
     const moekit::FitOptions& o = a.options;
     const moekit::FitOptions& p = b.options;
     CHECK(o.expert == p.expert);
@@ -586,6 +600,7 @@ TEST_CASE("make_fit_record copies the result and the options", "[model_io]") {
     result.n_samples = 30.0;
     result.aic = 55.0;
     result.bic = 60.25;
+    result.mse = 0.125;
     moekit::FitOptions options;
     options.n_experts = 3;
     options.seed = 987654321987654321ULL;
@@ -605,6 +620,10 @@ TEST_CASE("make_fit_record copies the result and the options", "[model_io]") {
     CHECK(r.best_restart == 1);
     CHECK(r.restart_log_likelihoods == result.restart_log_likelihoods);
     CHECK(r.warnings == result.warnings);
+    REQUIRE(r.mse.has_value());
+    CHECK(*r.mse == result.mse);
+    CHECK(std::isnan(r.hard_disagreement)); // not a hard fit
+    CHECK_FALSE(r.sparse.has_value());      // top-k off: no load recorded
     CHECK(r.options.n_experts == 3);
     CHECK(r.options.seed == 987654321987654321ULL);
     CHECK(r.options.restarts == 2);
@@ -1393,4 +1412,145 @@ TEST_CASE("fitted hash-gate and top-k models round trip and keep their log-likel
         CHECK(moekit::model_to_json(file.model, &*file.fit) == text);
         CHECK(bits(moekit::log_likelihood(file.model, data)) == bits(result.log_likelihood));
     }
+}
+
+TEST_CASE("the fit's MSE, hard disagreement and sparse report round trip and are validated",
+          "[model_io]") {
+    // Top-k fit: mse and the sparse object; hard_disagreement is null.
+    Model model = softmax_model();
+    model.top_k = 2;
+    moekit::FitRecord record = sparse_record();
+    record.mse = 0.1 + 0.2;
+    moekit::ObjectiveReport sparse;
+    sparse.balance_loss = 1.0 / 3.0;
+    sparse.switch_loss = 1.0000000000000002;
+    sparse.importance_cv2 = 5e-324;
+    sparse.load_cv2 = 0.0;
+    sparse.load = (Vector(3) << 0.5, 1.0 / 3.0, 0.1).finished();
+    sparse.dropped = 7;
+    sparse.dropped_samples = 2;
+    record.sparse = sparse;
+    const std::string text = moekit::model_to_json(model, &record);
+    CHECK_THAT(text,
+               Contains("\"mse\": 0.30000000000000004,\n    \"hard_disagreement\": null,\n    "
+                        "\"sparse\": {\n      \"balance_loss\": 0.3333333333333333,\n      "
+                        "\"switch_loss\": 1.0000000000000002,\n      \"importance_cv2\": 5e-324,\n"
+                        "      \"load_cv2\": 0.0,\n      \"load\": [0.5, 0.3333333333333333, 0.1],\n"
+                        "      \"dropped\": 7,\n      \"dropped_samples\": 2\n    },\n    \"options\""));
+    const moekit::ModelFile file = moekit::model_from_json(text, "sparse.json");
+    REQUIRE(file.fit.has_value());
+    require_same_record(record, *file.fit);
+    CHECK(moekit::model_to_json(file.model, &*file.fit) == text);
+
+    // Hard fit: hard_disagreement is a number, sparse null.
+    Model hard = softmax_model();
+    hard.top_k = 1;
+    moekit::FitRecord hard_record = sparse_record();
+    hard_record.options.top_k = 0;
+    hard_record.options.balance_weight = 0.0;
+    hard_record.options.capacity_factor = 0.0;
+    hard_record.options.gate_noise = false;
+    hard_record.options.method = moekit::FitMethod::EM;
+    hard_record.options.variant = moekit::Variant::Hard;
+    hard_record.mse = 2.5;
+    hard_record.hard_disagreement = 0.1;
+    const std::string hard_text = moekit::model_to_json(hard, &hard_record);
+    CHECK_THAT(hard_text,
+               Contains("\"mse\": 2.5,\n    \"hard_disagreement\": 0.1,\n    \"sparse\": null,\n"));
+    const moekit::ModelFile hard_file = moekit::model_from_json(hard_text, "hard.json");
+    REQUIRE(hard_file.fit.has_value());
+    require_same_record(hard_record, *hard_file.fit);
+    CHECK(moekit::model_to_json(hard_file.model, &*hard_file.fit) == hard_text);
+
+    // A disagreement of another variant is not written (null unless hard).
+    {
+        moekit::FitRecord r = record;
+        r.hard_disagreement = 0.25;
+        CHECK_THAT(moekit::model_to_json(model, &r), Contains("\"hard_disagreement\": null,"));
+    }
+
+    SECTION("files written before the keys existed load without them") {
+        std::string old = without_lines(hard_text, "\"mse\"");
+        old = without_lines(old, "\"hard_disagreement\"");
+        old = without_lines(old, "\"sparse\"");
+        REQUIRE(old.find("mse") == std::string::npos);
+        const moekit::ModelFile back = moekit::model_from_json(old, "old.json");
+        REQUIRE(back.fit.has_value());
+        CHECK_FALSE(back.fit->mse.has_value());
+        CHECK(std::isnan(back.fit->hard_disagreement));
+        CHECK_FALSE(back.fit->sparse.has_value());
+        // Saved again, the keys are there, as null.
+        CHECK_THAT(moekit::model_to_json(back.model, &*back.fit),
+                   Contains("\"mse\": null,\n    \"hard_disagreement\": null,\n    \"sparse\": null,\n"));
+    }
+    SECTION("bad values are rejected with the key named") {
+        require_rejected(edit(text, "\"mse\": 0.30000000000000004", "\"mse\": -0.5"),
+                         "bad.json: key 'fit.mse' is negative (-0.5)");
+        require_rejected(edit(text, "\"mse\": 0.30000000000000004", "\"mse\": \"small\""),
+                         "bad.json: key 'fit.mse' must be a number, but is the string 'small'");
+        require_rejected(edit(text, "\"hard_disagreement\": null", "\"hard_disagreement\": 0.5"),
+                         "bad.json: key 'fit.hard_disagreement' must be null unless the variant is "
+                         "'hard' (it is 'standard')");
+        require_rejected(edit(hard_text, "\"hard_disagreement\": 0.1", "\"hard_disagreement\": 1.5"),
+                         "bad.json: key 'fit.hard_disagreement' is above 1");
+        require_rejected(edit(text, "\"dropped\": 7", "\"dropped\": -7"),
+                         "bad.json: key 'fit.sparse.dropped' must be an integer between 0 and "
+                         "9223372036854775807, but is the number -7");
+        require_rejected(edit(text, "\"load\": [0.5, ", "\"load\": ["),
+                         "bad.json: key 'fit.sparse.load' has 2 values, but n_experts is 3");
+        require_rejected(edit(text, "\"load\": [0.5", "\"load\": [-0.5"),
+                         "bad.json: key 'fit.sparse.load[0]' is negative");
+        require_rejected(edit(text, "\"dropped_samples\": 2", "\"dropped_samples\": 2, \"extra\": 1"),
+                         "bad.json: unknown key 'fit.sparse.extra'");
+        require_rejected(edit(text, "\"switch_loss\": 1.0000000000000002,\n", ""),
+                         "bad.json: missing key 'fit.sparse.switch_loss'");
+        require_rejected(edit(hard_text, "\"sparse\": null", "\"sparse\": []"),
+                         "bad.json: key 'fit.sparse' must be an object, but is an array");
+        require_rejected(
+            edit(hard_text,
+                 "\"sparse\": null",
+                 "\"sparse\": {\"balance_loss\": 0.0, \"switch_loss\": 0.0, \"importance_cv2\": 0.0, "
+                 "\"load_cv2\": 0.0, \"load\": [1.0, 0.0, 0.0], \"dropped\": 0, \"dropped_samples\": 0}"),
+            "bad.json: key 'fit.sparse' must be null unless top-k gating is on ('fit.options.top_k' is 0)");
+    }
+    SECTION("the writer checks the sparse report") {
+        moekit::FitRecord r = record;
+        r.sparse->load = Vector::Constant(2, 0.5);
+        CHECK_THROWS_AS(moekit::model_to_json(model, &r), moekit::InvalidArgument);
+        r = record;
+        r.mse = std::numeric_limits<double>::infinity();
+        CHECK_THROWS_AS(moekit::model_to_json(model, &r), moekit::InvalidArgument);
+        r = hard_record;
+        r.sparse = sparse;
+        CHECK_THROWS_AS(moekit::model_to_json(hard, &r), moekit::InvalidArgument);
+    }
+}
+
+TEST_CASE("make_fit_record keeps the stored part of the sparse report", "[model_io]") {
+    moekit::FitResult result;
+    result.model = softmax_model();
+    result.model.top_k = 2;
+    result.mse = 1.5;
+    result.sparse.log_likelihood = -3.0;
+    result.sparse.penalty = 0.5;
+    result.sparse.balance_loss = 1.25;
+    result.sparse.switch_loss = 1.25;
+    result.sparse.importance_cv2 = 0.5;
+    result.sparse.load_cv2 = 0.25;
+    result.sparse.load = (Vector(3) << 0.5, 0.25, 0.25).finished();
+    result.sparse.dropped = 3;
+    result.sparse.dropped_samples = 1;
+    const moekit::FitRecord r = moekit::make_fit_record(result, sparse_record().options);
+    REQUIRE(r.sparse.has_value());
+    CHECK(r.sparse->log_likelihood == 0.0); // not stored in files
+    CHECK(r.sparse->penalty == 0.0);
+    CHECK(r.sparse->balance_loss == 1.25);
+    CHECK(r.sparse->switch_loss == 1.25);
+    CHECK(r.sparse->importance_cv2 == 0.5);
+    CHECK(r.sparse->load_cv2 == 0.25);
+    CHECK(r.sparse->load == result.sparse.load);
+    CHECK(r.sparse->dropped == 3);
+    CHECK(r.sparse->dropped_samples == 1);
+    REQUIRE(r.mse.has_value());
+    CHECK(*r.mse == 1.5);
 }

@@ -112,9 +112,12 @@ struct FitOptions {
     /// convergence test). Prediction and the saved model use the clean scores.
     bool gate_noise = false;
     double upcycle_noise = 0.1; ///< InitMethod::Upcycle: perturbation scale (in residual SDs)
-    /// Called after every EM iteration (not saved in model files). Returning false stops the
-    /// fit after that iteration: no further starts run, the best model so far is returned with
-    /// `converged = false` and `interrupted = true`. Used for progress and for Ctrl-C.
+    /// Called after every iteration (EM, classification EM or gradient step), the converging one
+    /// included, so its last call of a start has `iteration == FitResult::iterations` (not saved
+    /// in model files). Returning false stops the fit after that iteration: no further starts
+    /// run, the best model so far is returned with `converged = false` and `interrupted = true`.
+    /// On the converging iteration the return value has no effect (the start has finished).
+    /// Used for progress and for Ctrl-C.
     std::function<bool(const FitProgress&)> on_iteration;
 };
 

@@ -8,6 +8,7 @@
 #include "moekit/diagnostics.hpp"
 #include "moekit/fit.hpp"
 
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -30,6 +31,16 @@ struct FitRecord {
     int best_restart = 0;
     std::vector<double> restart_log_likelihoods;
     std::vector<std::string> warnings;
+    /// Gate-weighted-mean squared error on the training data (FitResult::mse); absent in files
+    /// written before the key existed (and written as null then).
+    std::optional<double> mse;
+    /// Hard variant: FitResult::hard_disagreement, in [0, 1]. NaN for the other variants (and
+    /// for hard fits in files written before the key existed); written as null then.
+    double hard_disagreement = std::numeric_limits<double>::quiet_NaN();
+    /// Sparse top-k gating: the balance losses, per-expert load (K values) and capacity drops of
+    /// FitResult::sparse. Absent (written as null) when top-k is off or the file predates the
+    /// key. Only the fields the file stores are kept: `log_likelihood` and `penalty` are 0.
+    std::optional<ObjectiveReport> sparse;
     FitOptions options; ///< the options used
 };
 
