@@ -6,17 +6,15 @@
 // total), and, for every bad input, the exit code, the message naming the file / line /
 // column / offending text, and an output file that must survive untouched.
 
+#include "support/cli_runner.hpp"
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include <sys/wait.h>
-
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
-#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -27,92 +25,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string cli = MOEKIT_CLI;
 const std::string data_dir = MOEKIT_DATA_DIR;
 const std::string faithful = data_dir + "/faithful.csv";
 const std::string npreg = data_dir + "/NPreg.csv";
 const std::string sentinel = "pre-existing content\n";
 
-/// A fresh directory under the system temporary directory, removed at the end of the test.
-class TempDir {
-  public:
-    TempDir() {
-        std::random_device device;
-        std::mt19937_64 engine(device());
-        for (int attempt = 0; attempt < 100; ++attempt) {
-            fs::path candidate =
-                fs::temp_directory_path() / ("moekit_cli_test_" + std::to_string(engine()));
-            if (fs::create_directory(candidate)) {
-                path_ = candidate;
-                return;
-            }
-        }
-        FAIL("cannot create a temporary directory");
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    const fs::path& path() const { return path_; }
-    std::string file(const std::string& name) const { return (path_ / name).string(); }
+using moekit_test::read_text;
+using moekit_test::RunResult;
+using moekit_test::shell_quote;
+using moekit_test::TempDir;
+using moekit_test::write_text;
 
-  private:
-    fs::path path_;
-};
-
-struct RunResult {
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-}
-
-/// Single-quotes a word for /bin/sh.
-std::string shell_quote(const std::string& word) {
-    std::string quoted = "'";
-    for (char c : word) {
-        if (c == '\'')
-            quoted += "'\\''";
-        else
-            quoted += c;
-    }
-    return quoted + "'";
-}
-
-/// Runs `moekit args...` in `dir`; `stdin_pipe`, if given, is a shell command whose output is
-/// piped into moekit (e.g. "cat file").
+/// Runs `moekit args...` in `dir` (tests/support/cli_runner.hpp).
 RunResult
 run(const TempDir& dir, const std::vector<std::string>& args, const std::string& stdin_pipe = {}) {
-    const std::string out_file = dir.file("_stdout.txt");
-    const std::string err_file = dir.file("_stderr.txt");
-    std::string command = "cd " + shell_quote(dir.path().string()) + " && ";
-    if (!stdin_pipe.empty()) command += stdin_pipe + " | ";
-    command += shell_quote(cli);
-    for (const auto& arg : args)
-        command += " " + shell_quote(arg);
-    command += " >" + shell_quote(out_file) + " 2>" + shell_quote(err_file);
-    if (stdin_pipe.empty()) command += " </dev/null";
-    const int status = std::system(command.c_str());
-    RunResult result;
-    result.exit_code = (status != -1 && WIFEXITED(status)) ? WEXITSTATUS(status) : -1;
-    result.out = read_text(out_file);
-    result.err = read_text(err_file);
-    fs::remove(out_file);
-    fs::remove(err_file);
-    return result;
+    return moekit_test::run_cli(dir, args, stdin_pipe);
 }
 
 std::vector<std::string> split(const std::string& text, char separator) {

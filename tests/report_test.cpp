@@ -80,7 +80,7 @@ TEST_CASE("progress: on a terminal, one redrawn line after the delay, erased at 
     CHECK(out.str() == "\r\x1b[K"); // the destructor erases a line left on screen
 }
 
-TEST_CASE("progress: nothing when not a terminal or quiet; every iteration when verbose",
+TEST_CASE("progress: nothing when not a terminal or quiet, every iteration when verbose",
           "[progress]") {
     FakeClock clock;
     for (auto [verbosity, terminal] : {std::pair{moekit::cli::Verbosity::Normal, false},
@@ -285,7 +285,7 @@ TEST_CASE("cli: report of a softmax-gated mixture of regressions (NPreg)", "[rep
     CHECK(to_stdout.out == html);
 }
 
-TEST_CASE("cli: report of a two-target Gaussian mixture draws ellipses; one target draws densities",
+TEST_CASE("cli: report of a two-target Gaussian mixture draws ellipses, one target draws densities",
           "[report][cli]") {
     moekit_test::TempDir dir;
     const std::string faithful = data_dir + "/faithful.csv";
@@ -307,7 +307,7 @@ TEST_CASE("cli: report of a two-target Gaussian mixture draws ellipses; one targ
     CHECK(one.find("Data and expert ellipses") == std::string::npos);
 }
 
-TEST_CASE("cli: report of a selection draws the criterion curve; a bare model file still reports",
+TEST_CASE("cli: report of a selection draws the criterion curve, a bare model file still reports",
           "[report][cli]") {
     moekit_test::TempDir dir;
     const std::string npreg = data_dir + "/NPreg.csv";

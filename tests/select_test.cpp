@@ -102,7 +102,7 @@ TEST_CASE("select_model chooses two experts on NPreg, as flexmix's stepFlexmix d
 }
 
 TEST_CASE(
-    "select_model: spurious maxima are flagged and not selected; min_share 0 turns the rule off",
+    "select_model: spurious maxima are flagged and not selected, min_share 0 turns the rule off",
     "[select]") {
     // Among more starts some K >= 3 fits find a spurious maximum: an expert on a handful of
     // samples with a tiny variance, whose BIC beats K = 2. flexmix drops such components
@@ -183,7 +183,7 @@ TEST_CASE("select_model: a candidate that cannot be fitted is recorded, not fata
     CHECK_FALSE(result.table.candidates.back().ok);
 }
 
-TEST_CASE("select_model: constant-gate candidates ignore the gate inputs; grids are checked",
+TEST_CASE("select_model: constant-gate candidates ignore the gate inputs, grids are checked",
           "[select]") {
     moekit::SelectionGrid grid;
     grid.n_experts = {2};

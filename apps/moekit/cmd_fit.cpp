@@ -529,6 +529,9 @@ void run_fit(const FitCommandOptions& o) {
                    (o.output.empty() ? std::string(": the best model so far is not saved (no --output)")
                                      : ": saved the best model so far to " + o.output +
                                            " (converged: false)"));
+    else if (interrupt_signal() != 0) // after the last EM iteration: nothing was cut short
+        print_note(std::string("interrupted by ") + signal_name(interrupt_signal()) +
+                   " after the fit had finished: the outputs are complete");
 }
 
 } // namespace moekit::cli

@@ -23,6 +23,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -74,6 +76,15 @@ void parse_words(const std::string& word) {
     try_word(word, [](const std::string& w) { (void)moekit::parse_balance_loss(w); });
 }
 
+/// The subcommands' callbacks own their options (a shared_ptr captured by the lambda) while the
+/// options' flags point into them, so a callback cannot simply be cleared: it is moved out
+/// (CLI::App's members are protected: a member pointer named through a derived class reaches
+/// it) and kept alive until the app is gone.
+struct CallbackAccess : CLI::App {
+    static constexpr std::function<void()> CLI::App::*final_callback =
+        &CallbackAccess::final_callback_;
+};
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -81,9 +92,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::vector<std::string> args = split_arguments(data, size);
     if (args.size() > 64) return 0;
 
+    std::vector<std::function<void()>> kept; // destroyed after the app
     const std::unique_ptr<CLI::App> app = moekit::cli::make_app();
-    for (CLI::App* sub : app->get_subcommands([](CLI::App*) { return true; }))
+    for (CLI::App* sub : app->get_subcommands([](CLI::App*) { return true; })) {
+        kept.push_back(std::move(sub->*CallbackAccess::final_callback));
         sub->final_callback(nullptr); // parse only: never read, fit or write
+    }
     std::vector<const char*> argv{"moekit"};
     for (const std::string& arg : args)
         argv.push_back(arg.c_str());
