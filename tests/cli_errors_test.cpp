@@ -655,7 +655,7 @@ std::vector<ErrorCase> error_cases() {
          {"fit", "data.csv", "-y", "a,b", "-k", "2", "--init", "banana", "-o", "out.json", "--responsibilities", "resp.csv"},
          "",
          {"out.json", "resp.csv"},
-         "moekit: error: moekit fit: --init is 'banana', but must be one of auto, kmeans++, random, lines or the path of a model file. Check the spelling, or give an existing .json model.",
+         "moekit: error: moekit fit: --init is 'banana', but must be one of auto, kmeans++, random, lines, upcycle or the path of a model file. Check the spelling, or give an existing .json model.",
          1},
         {"Fit options out of range",
          "--covariance not a structure",
