@@ -348,6 +348,23 @@ void record(std::vector<Intervention>& list, Intervention item) {
     list.push_back(std::move(item));
 }
 
+/// The interventions of one M-step (EM with soft, classification EM with hard responsibilities).
+void record_m_step(std::vector<Intervention>& list, int restart, int it, const ExpertUpdateReport& er, const GateUpdateReport& gr) {
+    for (Index k : er.kept)
+        record(list, {restart, it, "expert_kept", k,
+                      "expert " + std::to_string(k + 1) + " fell below the minimum effective size and kept its parameters"});
+    for (Index k : er.singular)
+        record(list, {restart, it, "singular_covariance", k,
+                      "expert " + std::to_string(k + 1) +
+                          " had a covariance estimate that is not positive definite and kept its parameters"});
+    if (er.rank_deficient)
+        record(list, {restart, it, "rank_deficient", -1,
+                      "a weighted design matrix was rank deficient (collinear inputs): minimum-norm coefficients used"});
+    if (gr.stalled)
+        record(list, {restart, it, "gate_stalled", -1,
+                      "a Newton step of the gate found no increase even after step halving"});
+}
+
 double objective(const Model& model, double log_likelihood, const FitOptions& options) {
     return log_likelihood - gate_penalty(model.gate, options.gate_options.gate_l2);
 }
@@ -468,22 +485,8 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     for (int it = 1; it <= options.max_iter; ++it) {
         detail::exp_blocked(resp.log_resp, h); // exp(−∞) = 0 exactly (sparse and hash routing)
         Model candidate = model;
-        const ExpertUpdateReport er = update_experts(candidate.experts, data, h, reg);
-        for (Index k : er.kept)
-            record(result.interventions, {restart, it, "expert_kept", k,
-                                          "expert " + std::to_string(k + 1) +
-                                              " fell below the minimum effective size and kept its parameters"});
-        for (Index k : er.singular)
-            record(result.interventions, {restart, it, "singular_covariance", k,
-                                          "expert " + std::to_string(k + 1) +
-                                              " had a covariance estimate that is not positive definite and kept its parameters"});
-        if (er.rank_deficient)
-            record(result.interventions, {restart, it, "rank_deficient", -1,
-                                          "a weighted design matrix was rank deficient (collinear inputs): minimum-norm coefficients used"});
-        const GateUpdateReport gr = update_gate(candidate.gate, data, h, options.gate_options);
-        if (gr.stalled)
-            record(result.interventions, {restart, it, "gate_stalled", -1,
-                                          "a Newton step of the gate found no increase even after step halving"});
+        record_m_step(result.interventions, restart, it, update_experts(candidate.experts, data, h, reg),
+                      update_gate(candidate.gate, data, h, options.gate_options));
 
         // The candidate's E-step overwrites the buffers; the rare rejected candidate costs
         // one more E-step of the kept model to restore them.
@@ -683,22 +686,8 @@ FitResult fit_hard(const Dataset& data, Model init, const FitOptions& options, i
             Matrix hard = Matrix::Zero(n, K);
             for (Index i = 0; i < n; ++i) hard(i, labels(i)) = 1.0;
             Model candidate = model;
-            const ExpertUpdateReport er = update_experts(candidate.experts, data, hard, reg);
-            for (Index k : er.kept)
-                record(result.interventions, {restart, it, "expert_kept", k,
-                                              "expert " + std::to_string(k + 1) +
-                                                  " holds too few samples and kept its parameters"});
-            for (Index k : er.singular)
-                record(result.interventions, {restart, it, "singular_covariance", k,
-                                              "expert " + std::to_string(k + 1) +
-                                                  " had a covariance estimate that is not positive definite and kept its parameters"});
-            if (er.rank_deficient)
-                record(result.interventions, {restart, it, "rank_deficient", -1,
-                                              "a design matrix was rank deficient (collinear inputs): minimum-norm coefficients used"});
-            const GateUpdateReport gr = update_gate(candidate.gate, data, hard, options.gate_options);
-            if (gr.stalled)
-                record(result.interventions, {restart, it, "gate_stalled", -1,
-                                              "a Newton step of the gate found no increase even after step halving"});
+            record_m_step(result.interventions, restart, it, update_experts(candidate.experts, data, hard, reg),
+                          update_gate(candidate.gate, data, hard, options.gate_options));
             model = std::move(candidate);
         }
         // C-step: each sample to its most responsible expert; classification log-likelihood.

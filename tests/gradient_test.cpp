@@ -93,6 +93,17 @@ void likelihood_gradient_case(moekit::FitOptions o, const moekit::Dataset& data,
     check_gradient(analytic, numeric);
 }
 
+/// Linear experts with a softmax gate under sparse top-k routing, trained by gradient ascent.
+moekit::FitOptions sparse_options(Index k, Index top_k) {
+    moekit::FitOptions o;
+    o.expert = moekit::ExpertKind::Linear;
+    o.gate = moekit::GateKind::Softmax;
+    o.n_experts = k;
+    o.top_k = top_k;
+    o.method = moekit::FitMethod::Gradient;
+    return o;
+}
+
 } // namespace
 
 TEST_CASE("pack and unpack round-trip every gate and covariance structure", "[gradient]") {
@@ -151,12 +162,7 @@ TEST_CASE("log-likelihood gradient matches central differences", "[gradient]") {
 
 TEST_CASE("sparse top-k objective gradient (balance loss, capacity) matches central differences", "[gradient][topk]") {
     const moekit::Dataset lin = regimes(90, 1, 4);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
-    o.top_k = 2;
-    o.method = moekit::FitMethod::Gradient;
+    moekit::FitOptions o = sparse_options(3, 2);
     SECTION("switch loss") {
         o.balance_weight = 3.0;
         o.balance_loss = moekit::BalanceLoss::Switch;
@@ -424,12 +430,7 @@ TEST_CASE("upcycling: one expert copied K times with seeded perturbations", "[gr
 
 TEST_CASE("noisy top-k gating: gradient in V, experts and noise weights matches central differences", "[gradient][topk][noise]") {
     const moekit::Dataset lin = regimes(60, 1, 14);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
-    o.top_k = 2;
-    o.method = moekit::FitMethod::Gradient;
+    const moekit::FitOptions o = sparse_options(3, 2);
     const moekit::Model m = perturbed_model(lin, o, 15);
     moekit::Rng rng(16);
     Matrix u(2, 3), eps(lin.n_samples(), 3);
