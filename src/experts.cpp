@@ -272,6 +272,29 @@ void expert_log_densities_block(const Experts& experts,
     }
 }
 
+
+Matrix structured_covariance(CovarianceType type, const Matrix& s, const Vector& ridge) {
+    const Index q = s.rows();
+    switch (type) {
+    case CovarianceType::Full:
+    case CovarianceType::Tied: {
+        Matrix c = s;
+        c.diagonal() += ridge;
+        return c;
+    }
+    case CovarianceType::Diag: {
+        Matrix c = Matrix::Zero(q, q);
+        c.diagonal() = s.diagonal() + ridge;
+        return c;
+    }
+    case CovarianceType::Spherical: {
+        const double v = s.trace() / static_cast<double>(q) + ridge.mean();
+        return v * Matrix::Identity(q, q);
+    }
+    }
+    return s;
+}
+
 } // namespace detail
 
 std::string_view to_string(ExpertKind kind) {
@@ -438,28 +461,6 @@ bool diagonal_structure(CovarianceType type) {
 
 /// Applies the covariance structure and the ridge to per-expert scatter matrices S_k (already
 /// divided by n_k) and returns the covariance to factor for expert k.
-Matrix structured(CovarianceType type, const Matrix& s, const Vector& ridge) {
-    const Index q = s.rows();
-    switch (type) {
-    case CovarianceType::Full:
-    case CovarianceType::Tied: {
-        Matrix c = s;
-        c.diagonal() += ridge;
-        return c;
-    }
-    case CovarianceType::Diag: {
-        Matrix c = Matrix::Zero(q, q);
-        c.diagonal() = s.diagonal() + ridge;
-        return c;
-    }
-    case CovarianceType::Spherical: {
-        const double v = s.trace() / static_cast<double>(q) + ridge.mean();
-        return v * Matrix::Identity(q, q);
-    }
-    }
-    return s;
-}
-
 Vector ridge_of(const ExpertRegularization& reg, Index q) {
     if (reg.scale.size() == q) return reg.reg_covar * reg.scale;
     return Vector::Constant(q, reg.reg_covar);
@@ -562,7 +563,7 @@ ExpertUpdateReport update_experts(Experts& experts,
         Matrix pooled = Matrix::Zero(q, q);
         for (Index k = 0; k < K; ++k) pooled += nk(k) * scatter[static_cast<std::size_t>(k)];
         pooled /= nk.sum();
-        if (auto f = try_factor(structured(CovarianceType::Tied, pooled, ridge))) {
+        if (auto f = try_factor(detail::structured_covariance(CovarianceType::Tied, pooled, ridge))) {
             for (auto& c : covariances) c = *f;
         } else {
             // Keep every expert as it was: the shared estimate is unusable.
@@ -573,7 +574,7 @@ ExpertUpdateReport update_experts(Experts& experts,
         for (Index k = 0; k < K; ++k) {
             const auto uk = static_cast<std::size_t>(k);
             if (!update[uk]) continue;
-            if (auto f = try_factor(structured(experts.covariance_type, scatter[uk], ridge))) {
+            if (auto f = try_factor(detail::structured_covariance(experts.covariance_type, scatter[uk], ridge))) {
                 covariances[uk] = *std::move(f);
             } else {
                 update[uk] = false;
@@ -610,7 +611,7 @@ Experts initial_experts(ExpertKind kind,
     const Matrix s = residual_scatter(kind, data, no_resp, {pooled}, diagonal_structure(type))[0] /
                      data.weights.sum();
     const CovarianceFactor f =
-        factor_or_throw(structured(type, s, ridge_of(reg, q)), "initial_experts", "the pooled covariance");
+        factor_or_throw(detail::structured_covariance(type, s, ridge_of(reg, q)), "initial_experts", "the pooled covariance");
     Experts experts;
     experts.kind = kind;
     experts.covariance_type = type;

@@ -373,13 +373,6 @@ double objective(const Model& model, double log_likelihood, const FitOptions& op
 
 namespace {
 
-/// One-hot responsibilities of the hash routing.
-Matrix hash_responsibilities(const Dataset& data, Index K) {
-    Matrix resp = Matrix::Zero(data.n_samples(), K);
-    for (Index i = 0; i < data.n_samples(); ++i) resp(i, hash_expert(data.keys[static_cast<std::size_t>(i)], K)) = 1.0;
-    return resp;
-}
-
 /// A fresh gate of the kind the options ask for: uniform weights, zero softmax coefficients.
 Gate fresh_gate(const Dataset& data, const FitOptions& options) {
     const Index K = options.n_experts;
@@ -433,7 +426,7 @@ Model initialize(const Dataset& data, const FitOptions& options, Rng& rng) {
     }
     Matrix resp;
     if (options.gate == GateKind::Hash) {
-        resp = hash_responsibilities(data, K); // the routing is fixed: start from it
+        resp = exp_of_log(gate_log_probabilities(fresh_gate(data, options), data)); // fixed routing: start from it
     } else {
         InitMethod method = options.init;
         if (method == InitMethod::Auto || method == InitMethod::Model)

@@ -232,14 +232,29 @@ Matrix softmax_gradient_from_scores(const Matrix& v, const Matrix& design, const
     return grad;
 }
 
+/// Length of the packed vector of `set`.
+Index packed_size(const Model& model, ParameterSet set) {
+    const Experts& e = model.experts;
+    const Index p = e.coefficients.empty() ? 0 : e.coefficients[0].size();
+    return gate_size(model.gate) + e.n_experts() * p + (set == ParameterSet::All ? covariance_size(e) : 0);
+}
+
+/// Per expert, the weighted share of the samples routed to it (finite log gate entry).
+Vector routed_load(const Matrix& log_g, const Vector& routed_weights, double total) {
+    Vector load = Vector::Zero(log_g.cols());
+    for (Index i = 0; i < log_g.rows(); ++i)
+        for (Index k = 0; k < log_g.cols(); ++k)
+            if (log_g(i, k) > minus_inf) load(k) += routed_weights(i);
+    return load / total;
+}
+
 } // namespace
 
 Vector pack_parameters(const Model& model, ParameterSet set) {
     const Experts& e = model.experts;
     const Index K = e.n_experts();
     const Index q = e.n_outputs();
-    const Index p = e.coefficients.empty() ? 0 : e.coefficients[0].rows();
-    Vector theta(gate_size(model.gate) + K * p * q + (set == ParameterSet::All ? covariance_size(e) : 0));
+    Vector theta(packed_size(model, set));
     Index at = 0;
     if (const auto* c = std::get_if<ConstantGate>(&model.gate)) {
         const double base = std::log(std::max(c->weights(0), std::numeric_limits<double>::min()));
@@ -275,7 +290,7 @@ Vector pack_parameters(const Model& model, ParameterSet set) {
 }
 
 bool unpack_parameters(Model& model, const Vector& theta, ParameterSet set) {
-    if (theta.size() != pack_parameters(model, set).size() || !theta.allFinite()) return false;
+    if (theta.size() != packed_size(model, set) || !theta.allFinite()) return false;
     Model out = model;
     Experts& e = out.experts;
     const Index K = e.n_experts();
@@ -357,6 +372,7 @@ double likelihood_objective(const Model& model,
     const bool noisy = sparse && options.noise_weights != nullptr && options.noise_draws != nullptr;
     Matrix gate_x, clean, noisy_scores, sigma, sigma_slope;
     Matrix log_g;
+    Matrix dense_clean; // dense log gate of a clean sparse evaluation
     if (noisy) {
         gate_x = gate_design(data);
         clean = gate_x * softmax->coefficients;
@@ -367,6 +383,10 @@ double likelihood_objective(const Model& model,
         noisy_scores = clean + options.noise_draws->cwiseProduct(sigma);
         log_g = noisy_scores;
         log_softmax_rows_in_place(log_g);
+        keep_top_k(log_g, model.top_k);
+    } else if (sparse) {
+        dense_clean = gate_log_probabilities(model.gate, data); // once: also the balance terms' input
+        log_g = dense_clean;
         keep_top_k(log_g, model.top_k);
     } else {
         log_g = gate_log_probabilities(model, data);
@@ -388,11 +408,7 @@ double likelihood_objective(const Model& model,
     for (Index i = 0; i < n; ++i)
         if (w(i) > 0.0) ll += w(i) * log_norm(i);
     rep.log_likelihood = ll;
-    rep.load = Vector::Zero(K);
-    for (Index i = 0; i < n; ++i)
-        for (Index k = 0; k < K; ++k)
-            if (w(i) > 0.0 && log_g(i, k) > minus_inf) rep.load(k) += data.weights(i);
-    rep.load /= total;
+    rep.load = routed_load(log_g, w, total); // w is 0 for the samples left out
 
     // Penalties.
     double penalty = gate_penalty(model.gate, options.gate_l2);
@@ -410,10 +426,10 @@ double likelihood_objective(const Model& model,
     Matrix d_load_clean, d_load_sigma; // noisy load loss: ∂/∂ clean scores, ∂/∂σ
     double balance = 0.0;
     if (sparse) {
-        Matrix dense = noisy ? noisy_scores : gate_log_probabilities(model.gate, data);
+        Matrix dense = noisy ? noisy_scores : std::move(dense_clean);
         if (noisy) log_softmax_rows_in_place(dense);
         Matrix routed = dense;
-        keep_top_k(routed, model.top_k);
+        keep_top_k(routed, model.top_k); // before the capacity limit
         const bool weighted = options.balance_weight > 0.0 && gradient != nullptr;
         Matrix d_switch, d_importance;
         balance_terms(dense, routed, data.weights, rep,
@@ -451,7 +467,7 @@ double likelihood_objective(const Model& model,
             h(i, k) = (w(i) > 0.0 && joint(i, k) > minus_inf) ? std::exp(joint(i, k) - log_norm(i)) : 0.0;
 
     Vector& grad = *gradient;
-    grad.resize(pack_parameters(model, ParameterSet::All).size());
+    grad.resize(packed_size(model, ParameterSet::All));
     Index at = 0;
     if (sparse) {
         // Σ_i w_i z̃_i (h_ik − g_ik) over the routed experts, minus α ∂(balance)/∂V.
@@ -528,7 +544,7 @@ double meta_pi_objective(const Model& model, const Dataset& data, double gate_l2
     if (!gradient) return value;
 
     Vector& grad = *gradient;
-    grad.resize(pack_parameters(model, ParameterSet::GateAndMeans).size());
+    grad.resize(packed_size(model, ParameterSet::GateAndMeans));
     Index at = 0;
     // Gate: ∂/∂ log g_ik = w_i g_ik f_ikᵀ e_i; gate_gradient takes "responsibilities" r with rows
     // summing to 1, so pass r_ik = g_ik (f_ik − ŷ_i)ᵀ e_i + g_ik (the added g cancels exactly).
@@ -560,11 +576,7 @@ ObjectiveReport balance_losses(const Model& model, const Dataset& data) {
     Matrix routed = dense;
     keep_top_k(routed, model.top_k);
     balance_terms(dense, routed, data.weights, rep, nullptr, nullptr);
-    rep.load = Vector::Zero(model.n_experts());
-    for (Index i = 0; i < routed.rows(); ++i)
-        for (Index k = 0; k < routed.cols(); ++k)
-            if (routed(i, k) > minus_inf) rep.load(k) += data.weights(i);
-    rep.load /= data.weights.sum();
+    rep.load = routed_load(routed, data.weights, data.weights.sum());
     return rep;
 }
 
@@ -586,16 +598,10 @@ void gate_weighted_covariances(Model& model, const Dataset& data, double reg_cov
         pooled += s[static_cast<std::size_t>(k)];
     }
     pooled /= total;
-    auto structured = [&](Matrix m) {
-        if (e.covariance_type == CovarianceType::Diag) m = Matrix(m.diagonal().asDiagonal());
-        if (e.covariance_type == CovarianceType::Spherical) m = m.trace() / static_cast<double>(q) * Matrix::Identity(q, q);
-        m.diagonal() += e.covariance_type == CovarianceType::Spherical ? Vector::Constant(q, ridge.mean()) : ridge;
-        return m;
-    };
-    const Matrix fallback = structured(pooled);
+    const Matrix fallback = detail::structured_covariance(e.covariance_type, pooled, ridge);
     for (Index k = 0; k < K; ++k) {
         const auto uk = static_cast<std::size_t>(k);
-        Matrix m = e.covariance_type == CovarianceType::Tied || mass[uk] < 1.0 ? fallback : structured(s[uk] / mass[uk]);
+        Matrix m = e.covariance_type == CovarianceType::Tied || mass[uk] < 1.0 ? fallback : detail::structured_covariance(e.covariance_type, s[uk] / mass[uk], ridge);
         auto f = try_factor(m);
         if (!f) f = try_factor(fallback);
         if (f) e.covariances[uk] = *std::move(f);

@@ -173,7 +173,9 @@ Vector log_softmax_rows_in_place(Matrix& a) {
 }
 
 Matrix exp_of_log(const ConstMatrixRef& a) {
-    return (a.array() == -std::numeric_limits<double>::infinity()).select(0.0, a.array().exp()).matrix();
+    Matrix out;
+    detail::exp_blocked(a, out); // the blocked kernel flushes exp(x < −708), so exp(−∞), to 0
+    return out;
 }
 
 } // namespace moekit

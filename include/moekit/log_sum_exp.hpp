@@ -24,9 +24,10 @@ Vector log_sum_exp_rows(const ConstMatrixRef& a);
 /// is left as it is. Returns the row normalisers (the log_sum_exp of each row).
 Vector log_softmax_rows_in_place(Matrix& a);
 
-/// Element-wise exp of log-probabilities with exp(−∞) = 0 exactly. (Eigen's vectorised exp
-/// clamps its argument near −709.8 and returns about 5.6e-309 for −∞, so the experts that sparse
-/// or hash routing excludes would keep a tiny non-zero weight.)
+/// Element-wise exp of log-probabilities with exp(−∞) = 0 exactly: values below −708 (results
+/// below the smallest normal double) are flushed to 0. (Eigen's vectorised exp clamps its
+/// argument near −709.8 and returns about 5.6e-309 for −∞, so the experts that sparse or hash
+/// routing excludes would keep a tiny non-zero weight.)
 Matrix exp_of_log(const ConstMatrixRef& a);
 
 } // namespace moekit
