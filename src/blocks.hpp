@@ -155,6 +155,14 @@ void exp_blocked(const ConstMatrixRef& a, Matrix& out);
 /// expert sizes, bit-identical for any number of threads.
 Vector weighted_column_sums(const ConstMatrixRef& a, const ConstVectorRef& w);
 
+/// Row-wise softmax of a block `a` (column-major, rows <= block_rows), in place: norm[i] =
+/// log Σ_k exp(a_ik) (the contract of log_sum_exp_rows), and either (prob null) a_ik becomes
+/// the probability exp(a_ik − norm_i), or a_ik becomes the log-probability a_ik − norm_i and
+/// prob[i + k·ldp] the probability. One exp per entry (e = exp(a − max), probability = e/Σe).
+/// A row with a non-finite normaliser keeps its values as log-probabilities and gets exp of
+/// them (flushed) as probabilities, as log_softmax_block followed by exp_block.
+void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, double* prob = nullptr, Index ldp = 0);
+
 /// Row-wise log-softmax in place of a block, as log_softmax_rows_in_place; the row
 /// normalisers go to `norm`.
 void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* norm);

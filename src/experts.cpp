@@ -18,12 +18,12 @@ constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 
 /// Σ_i x_i u_i for four columns u at once (one load of x feeds four FMAs), two packets of rows
 /// per step; a fixed summation order: packet lanes, then the scalar tail.
-void dot4(const double* x, const double* const* u, Index rows, double* result) {
+void dot4(const double* x, const double* const* u, Index rows, double* result, Index offset = 0) {
     using namespace Eigen::internal;
-    const double* u0 = u[0];
-    const double* u1 = u[1];
-    const double* u2 = u[2];
-    const double* u3 = u[3];
+    const double* u0 = u[0] + offset;
+    const double* u1 = u[1] + offset;
+    const double* u2 = u[2] + offset;
+    const double* u3 = u[3] + offset;
     Packet c[8];
     for (auto& v : c) v = pset1<Packet>(0.0);
     Index i = 0;
@@ -71,8 +71,10 @@ double dot1(const double* x, const double* u, Index rows) {
 /// A 2×C tile of dot products Σ_i w_r(i) u_c(i) (r < 2, c < C <= 4): one packet of rows per
 /// step, each load of w or u feeding several FMAs; result[r·C + c]. Fixed summation order.
 template <int C>
-void dot_tile2(const double* w0, const double* w1, const double* const* u, Index rows, double* result) {
+void dot_tile2(const double* w0, const double* w1, const double* const* u, Index offset, Index rows, double* result) {
     using namespace Eigen::internal;
+    const double* uc[C];
+    for (int c = 0; c < C; ++c) uc[c] = u[c] + offset;
     Packet c0[C];
     Packet c1[C];
     for (int c = 0; c < C; ++c) c0[c] = c1[c] = pset1<Packet>(0.0);
@@ -81,7 +83,7 @@ void dot_tile2(const double* w0, const double* w1, const double* const* u, Index
         const Packet a0 = ploadu<Packet>(w0 + i);
         const Packet a1 = ploadu<Packet>(w1 + i);
         for (int c = 0; c < C; ++c) {
-            const Packet v = ploadu<Packet>(u[c] + i);
+            const Packet v = ploadu<Packet>(uc[c] + i);
             c0[c] = pmadd(a0, v, c0[c]);
             c1[c] = pmadd(a1, v, c1[c]);
         }
@@ -90,8 +92,8 @@ void dot_tile2(const double* w0, const double* w1, const double* const* u, Index
     double t1[C] = {};
     for (; i < rows; ++i)
         for (int c = 0; c < C; ++c) {
-            t0[c] += w0[i] * u[c][i];
-            t1[c] += w1[i] * u[c][i];
+            t0[c] += w0[i] * uc[c][i];
+            t1[c] += w1[i] * uc[c][i];
         }
     for (int c = 0; c < C; ++c) {
         result[c] = predux(c0[c]) + t0[c];
@@ -107,46 +109,63 @@ const double* ones_column() {
 
 } // namespace
 
+/// Rows of a crossprod chunk: the chunk's columns (up to 11 of 256 doubles) and its two
+/// weighted rows stay in L1 while the tiles sweep them.
+constexpr Index crossprod_chunk = 256;
+
 void weighted_crossprod_block(const double* a, const double* const* u, Index rows, Index m, Index jrows, double* s) {
-    double weighted[2][block_rows];
-    Index j = 0;
-    // Rows j, j + 1 of S together in 2×4 tiles: six loads feed eight FMAs.
-    for (; j + 2 <= jrows; j += 2) {
-        const double* u0 = u[j];
-        const double* u1 = u[j + 1];
-        for (Index i = 0; i < rows; ++i) {
-            weighted[0][i] = a[i] * u0[i];
-            weighted[1][i] = a[i] * u1[i];
-        }
-        Index l = j;
-        double r[8];
-        auto put = [&](Index width) {
-            for (Index c = 0; c < width; ++c) {
-                s[j + (l + c) * m] = r[c];
-                if (l + c >= j + 1) s[j + 1 + (l + c) * m] = r[width + c];
-            }
+    // Rows [i0, i0 + c) at a time (fixed chunks: the summation order depends on nothing but
+    // the block); each chunk's tiles are added to s, which the first chunk overwrites.
+    double weighted[2][crossprod_chunk];
+    for (Index i0 = 0; i0 < rows || i0 == 0; i0 += crossprod_chunk) {
+        const Index c = std::min(crossprod_chunk, rows - i0);
+        const bool first = i0 == 0;
+        auto put1 = [&](Index row, Index col, double v) {
+            double& t = s[row + col * m];
+            t = first ? v : t + v;
         };
-        for (; l + 4 <= m; l += 4) {
-            dot_tile2<4>(weighted[0], weighted[1], u + l, rows, r);
-            put(4);
+        Index j = 0;
+        // Rows j, j + 1 of S together in 2×4 tiles: six loads feed eight FMAs.
+        for (; j + 2 <= jrows; j += 2) {
+            const double* u0 = u[j] + i0;
+            const double* u1 = u[j + 1] + i0;
+            const double* ai = a + i0;
+            for (Index i = 0; i < c; ++i) {
+                weighted[0][i] = ai[i] * u0[i];
+                weighted[1][i] = ai[i] * u1[i];
+            }
+            Index l = j;
+            double r[8];
+            auto put = [&](Index width) {
+                for (Index t = 0; t < width; ++t) {
+                    put1(j, l + t, r[t]);
+                    if (l + t >= j + 1) put1(j + 1, l + t, r[width + t]);
+                }
+            };
+            for (; l + 4 <= m; l += 4) {
+                dot_tile2<4>(weighted[0], weighted[1], u + l, i0, c, r);
+                put(4);
+            }
+            switch (m - l) {
+            case 3: dot_tile2<3>(weighted[0], weighted[1], u + l, i0, c, r); put(3); break;
+            case 2: dot_tile2<2>(weighted[0], weighted[1], u + l, i0, c, r); put(2); break;
+            case 1: dot_tile2<1>(weighted[0], weighted[1], u + l, i0, c, r); put(1); break;
+            default: break;
+            }
         }
-        switch (m - l) {
-        case 3: dot_tile2<3>(weighted[0], weighted[1], u + l, rows, r); put(3); break;
-        case 2: dot_tile2<2>(weighted[0], weighted[1], u + l, rows, r); put(2); break;
-        case 1: dot_tile2<1>(weighted[0], weighted[1], u + l, rows, r); put(1); break;
-        default: break;
+        for (; j < jrows; ++j) {
+            const double* uj = u[j] + i0;
+            const double* ai = a + i0;
+            for (Index i = 0; i < c; ++i) weighted[0][i] = ai[i] * uj[i];
+            Index l = j;
+            for (; l + 4 <= m; l += 4) {
+                double r[4];
+                dot4(weighted[0], u + l, c, r, i0);
+                for (Index t = 0; t < 4; ++t) put1(j, l + t, r[t]);
+            }
+            for (; l < m; ++l) put1(j, l, dot1(weighted[0], u[l] + i0, c));
         }
-    }
-    for (; j < jrows; ++j) {
-        const double* uj = u[j];
-        for (Index i = 0; i < rows; ++i) weighted[0][i] = a[i] * uj[i];
-        Index l = j;
-        for (; l + 4 <= m; l += 4) {
-            double r[4];
-            dot4(weighted[0], u + l, rows, r);
-            for (Index t = 0; t < 4; ++t) s[j + (l + t) * m] = r[t];
-        }
-        for (; l < m; ++l) s[j + l * m] = dot1(weighted[0], u[l], rows);
+        if (rows == 0) break;
     }
 }
 

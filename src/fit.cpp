@@ -458,12 +458,12 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     const double total = data.weights.sum();
 
     Model model = std::move(init);
-    // The two n×K buffers of the loop, allocated once: the log responsibilities (rewritten in
-    // place by every E-step) and the responsibilities h = exp(log_resp) the M-step reads.
-    Responsibilities resp;
-    e_step(model, data, resp);
-    Matrix h(data.n_samples(), model.n_experts());
-    double current = data.weights.dot(resp.log_norm);
+    // The one n×K buffer of the loop, allocated once: the responsibilities h (probabilities),
+    // rewritten in place by every E-step, and the n log-normalisers.
+    Matrix h;
+    Vector log_norm;
+    e_step_probabilities(model, data, h, log_norm);
+    double current = data.weights.dot(log_norm);
     if (!std::isfinite(current)) {
         result.model = std::move(model);
         result.log_likelihood = current;
@@ -476,19 +476,17 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
     double current_objective = objective(model, current, options);
 
     for (int it = 1; it <= options.max_iter; ++it) {
-        detail::exp_blocked(resp.log_resp, h); // exp(−∞) = 0 exactly (sparse and hash routing)
         Model candidate = model;
         record_m_step(result.interventions, restart, it, update_experts(candidate.experts, data, h, reg),
                       update_gate(candidate.gate, data, h, options.gate_options));
 
-        // The candidate's E-step overwrites the buffers; the rare rejected candidate costs
-        // one more E-step of the kept model to restore them.
-        e_step(candidate, data, resp);
-        const double value = data.weights.dot(resp.log_norm);
+        // The candidate's E-step overwrites the buffers; a rejected (non-finite) candidate
+        // ends the loop, and the final E-step below is the kept model's.
+        e_step_probabilities(candidate, data, h, log_norm);
+        const double value = data.weights.dot(log_norm);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,
                                           "the log-likelihood became non-finite; stopped with the last finite model"});
-            e_step(model, data, resp);
             break;
         }
         const double value_objective = objective(candidate, value, options);
@@ -515,9 +513,12 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
             break;
         }
     }
+    // The log responsibilities of the returned model, after h is released (never two n×K
+    // arrays at once).
+    h = Matrix();
+    result.responsibilities = e_step(model, data);
     result.model = std::move(model);
     result.log_likelihood = current;
-    result.responsibilities = std::move(resp);
     return result;
 }
 
@@ -801,7 +802,9 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         throw NumericalError("fit: no start reached a finite log-likelihood. Scale the data, increase "
                              "--reg-covar, or use fewer experts.");
     best.restart_log_likelihoods = std::move(finals);
-    best.responsibilities = e_step(best.model, data); // final E-step: fit and predict agree
+    // Final E-step, so that fit and predict agree (fit_em's result already holds it).
+    if (best.responsibilities.log_resp.rows() != data.n_samples() || best.responsibilities.log_resp.cols() != best.model.n_experts())
+        best.responsibilities = e_step(best.model, data);
     best.log_likelihood = data.weights.dot(best.responsibilities.log_norm);
     best.n_parameters = n_parameters(best.model);
     best.n_samples = data.weights.sum();

@@ -288,14 +288,18 @@ double softmax_gate_objective(const SoftmaxGate& gate,
                     for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
                 }
             }
-            detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
+            // Row log-softmax in place, and with derivatives also the probabilities g (one exp
+            // per entry).
+            const Index ldg = s.g.outerStride();
+            if (want_gradient)
+                detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
+            else
+                detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
             // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
             for (Index k = 0; k < K; ++k)
                 slot[0] += detail::masked_weighted_sum_block(
                     w, resp.data() + k * resp.outerStride() + begin, s.log_g.data() + k * ld, rows);
             if (!want_gradient) return;
-            const Index ldg = s.g.outerStride();
-            for (Index k = 0; k < K; ++k) detail::exp_block(s.log_g.data() + k * ld, rows, s.g.data() + k * ldg);
             double* c = s.coef.data();
             if (gradient) {
                 for (Index k = 1; k < K; ++k) {

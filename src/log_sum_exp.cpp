@@ -3,6 +3,13 @@
 #include "blocks.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+#ifdef __FMA__
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -52,42 +59,227 @@ namespace detail {
 
 namespace {
 
-using Packet = Eigen::internal::packet_traits<double>::type;
-constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
+/// A register of doubles as a GCC vector (four with AVX, two with SSE2), and the same bits
+/// as unsigned integers.
+#ifdef __AVX__
+constexpr Index lanes = 4;
+using vd = double __attribute__((vector_size(32)));
+using vu = std::uint64_t __attribute__((vector_size(32)));
+#else
+constexpr Index lanes = 2;
+using vd = double __attribute__((vector_size(16)));
+using vu = std::uint64_t __attribute__((vector_size(16)));
+#endif
 
-/// exp(x) on a packet with results below the smallest normal double (x < −708) flushed to 0.
-/// Subnormal results cost a microcode assist each (about 2× slower here), and such a term is
-/// below the resolution of every sum it enters (a log-sum-exp sum is >= 1). NaN propagates.
-inline Packet exp_flushed(const Packet& x) {
-    using namespace Eigen::internal;
-    const Packet lo = pset1<Packet>(-708.0);
-    const Packet tiny = pcmp_lt(x, lo);
-    return pselect(tiny, pset1<Packet>(0.0), pexp(pselect(tiny, lo, x)));
+inline vd splat(double c) { return vd{} + c; }
+inline vd loadv(const double* p) {
+    vd v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
 }
+inline void storev(double* p, vd v) { std::memcpy(p, &v, sizeof v); }
+
+/// a·b + c: one fused multiply-add where the target has one (-march=native builds), else a
+/// multiply and an add (a library fma call would be slow).
+inline double madd(double a, double b, double c) {
+#ifdef __FMA__
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+inline vd madd(vd a, vd b, vd c) {
+#ifdef __FMA__
+    return _mm256_fmadd_pd(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+inline vd madd(vd a, vd b, double c) { return madd(a, b, splat(c)); }
+inline double select_below(double x, double bound, double then, double otherwise) { return x < bound ? then : otherwise; }
+inline vd select_below(vd x, double bound, vd then, vd otherwise) { return x < splat(bound) ? then : otherwise; }
+inline double constant_like(double, double c) { return c; }
+inline vd constant_like(vd, double c) { return splat(c); }
+inline std::uint64_t bits_of(double x) { return std::bit_cast<std::uint64_t>(x); }
+inline vu bits_of(vd x) { return std::bit_cast<vu>(x); }
+inline double from_bits(std::uint64_t b) { return std::bit_cast<double>(b); }
+inline vd from_bits(vu b) { return std::bit_cast<vd>(b); }
+
+/// exp(x) for x in [−708, 709] (T = double, or a register of them as vd): x = n ln 2 + r with n =
+/// round(x / ln 2) (the 1.5·2⁵² shifter leaves n in the low bits of kd) and |r| <= ln 2 / 2
+/// by Cody and Waite's two-part ln 2; e^r by its Taylor polynomial of degree 13 (truncation
+/// below 5e-18 relative on that interval), then 2ⁿ built directly in the exponent field. No
+/// division, no table, no branch. Accuracy: a few ulp of std::exp (tests/log_sum_exp_test.cpp
+/// checks the relative error over the whole range).
+template <class T> T exp_core(T x) {
+    constexpr double log2e = 0x1.71547652b82fep0;
+    constexpr double shifter = 0x1.8p52;
+    constexpr double ln2_hi = 0x1.62e42fee00000p-1; // 32 significant bits: n·ln2_hi is exact
+    constexpr double ln2_lo = 0x1.a39ef35793c76p-33;
+    const T kd = madd(x, constant_like(x, log2e), shifter);
+    const T n = kd - shifter;
+    const T r = madd(-n, constant_like(x, ln2_lo), madd(-n, constant_like(x, ln2_hi), x));
+    T p = constant_like(x, 1.0 / 6227020800.0); // 1/13!
+    p = madd(p, r, 1.0 / 479001600.0);
+    p = madd(p, r, 1.0 / 39916800.0);
+    p = madd(p, r, 1.0 / 3628800.0);
+    p = madd(p, r, 1.0 / 362880.0);
+    p = madd(p, r, 1.0 / 40320.0);
+    p = madd(p, r, 1.0 / 5040.0);
+    p = madd(p, r, 1.0 / 720.0);
+    p = madd(p, r, 1.0 / 120.0);
+    p = madd(p, r, 1.0 / 24.0);
+    p = madd(p, r, 1.0 / 6.0);
+    p = madd(p, r, 0.5);
+    p = madd(p, r, 1.0);
+    p = madd(p, r, 1.0);
+    // The low 12 bits of kd's representation are n mod 2¹²; n + 1023 in [1, 2046] for x in
+    // [−708, 709] is the biased exponent of 2ⁿ.
+    return p * from_bits((bits_of(kd) + 1023u) << 52);
+}
+
+/// exp(x) for x <= 709 (a log-sum-exp term is <= 0) with results below the smallest normal
+/// double (x < −708, so exp(−∞)) flushed to 0: subnormal results cost a microcode assist each
+/// and are below the resolution of every sum they enter. NaN propagates.
+template <class T> T exp_nonpositive(T x) {
+    const T lo = constant_like(x, -708.0);
+    const T e = exp_core(select_below(x, -708.0, lo, x)); // every lane computed, then selected
+    return select_below(x, -708.0, constant_like(x, 0.0), e);
+}
+
+/// m[i] = max_k a[i + k·lda] (cols >= 1), and whether the block is clean: every row maximum
+/// finite and no NaN anywhere (then every exp argument a − m is in [−∞, 0]).
+bool row_max(const double* a, Index lda, Index rows, Index cols, double* m) {
+    double bad = 0.0; // NaN entries, then non-finite maxima (−∞ entries are fine)
+#pragma omp simd reduction(+ : bad)
+    for (Index i = 0; i < rows; ++i) {
+        m[i] = a[i];
+        bad += a[i] != a[i] ? 1.0 : 0.0;
+    }
+    for (Index k = 1; k < cols; ++k) {
+        const double* ak = a + k * lda;
+#pragma omp simd reduction(+ : bad)
+        for (Index i = 0; i < rows; ++i) {
+            m[i] = ak[i] > m[i] ? ak[i] : m[i];
+            bad += ak[i] != ak[i] ? 1.0 : 0.0;
+        }
+    }
+#pragma omp simd reduction(+ : bad)
+    for (Index i = 0; i < rows; ++i) bad += m[i] - m[i] == 0.0 ? 0.0 : 1.0;
+    return bad == 0.0;
+}
+
 
 } // namespace
 
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out) {
-    using namespace Eigen::internal;
     if (cols == 0) {
         std::fill(out, out + rows, negative_infinity);
         return;
     }
-    // Column-major storage: a packet of consecutive rows at a time, m = max over the columns,
-    // then m + log Σ_k exp(a_k − m) with the packet exp and log.
-    Index i = 0;
-    for (; i + packet_size <= rows; i += packet_size) {
-        Packet m = ploadu<Packet>(a + i);
-        for (Index k = 1; k < cols; ++k) m = pmax(m, ploadu<Packet>(a + k * lda + i));
-        Packet sum = exp_flushed(psub(ploadu<Packet>(a + i), m));
-        for (Index k = 1; k < cols; ++k) sum = padd(sum, exp_flushed(psub(ploadu<Packet>(a + k * lda + i), m)));
-        pstoreu(out + i, padd(m, plog(sum)));
+    // Column-major storage: m = the row maxima, then m + log Σ_k exp(a_k − m), column by
+    // column over the rows (vectorised). A block with a NaN or a non-finite row maximum goes
+    // row by row through the reference, which applies the contract exactly.
+    double m[block_rows];
+    double s[block_rows];
+    if (!row_max(a, lda, rows, cols, m)) {
+        for (Index r = 0; r < rows; ++r) out[r] = log_sum_exp_row(a + r, lda, cols);
+        return;
     }
-    for (; i < rows; ++i) out[i] = log_sum_exp_row(a + i, lda, cols);
-    // A NaN, or a row maximum of ±∞, makes the fast result NaN (∞ − ∞): redo those rows by the
-    // contract. Finite rows are exact as computed (every term is <= 1, the sum is >= 1).
-    for (Index r = 0; r < rows; ++r)
-        if (!std::isfinite(out[r])) out[r] = log_sum_exp_row(a + r, lda, cols);
+    std::fill(s, s + rows, 0.0);
+    for (Index k = 0; k < cols; ++k) {
+        const double* ak = a + k * lda;
+        Index i = 0;
+        for (; i + lanes <= rows; i += lanes) storev(s + i, loadv(s + i) + exp_nonpositive(loadv(ak + i) - loadv(m + i)));
+        for (; i < rows; ++i) s[i] += exp_nonpositive(ak[i] - m[i]);
+    }
+    // Every term is <= 1 and the largest is 1: the sum is in [1, cols], its log finite.
+    Eigen::Map<Eigen::ArrayXd>(out, rows) =
+        Eigen::Map<const Eigen::ArrayXd>(m, rows) + Eigen::Map<const Eigen::ArrayXd>(s, rows).log();
+}
+
+void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, double* prob, Index ldp) {
+    if (cols == 0) {
+        std::fill(norm, norm + rows, negative_infinity);
+        return;
+    }
+    double m[block_rows];
+    double s[block_rows];
+    if (!row_max(a, lda, rows, cols, m)) {
+        // The reference, row by row: a row with a non-finite normaliser keeps its values as
+        // log-probabilities (as log_softmax_rows_in_place) and gets exp of them (flushed).
+        for (Index r = 0; r < rows; ++r) {
+            const double lse = log_sum_exp_row(a + r, lda, cols);
+            norm[r] = lse;
+            for (Index k = 0; k < cols; ++k) {
+                double& v = a[r + k * lda];
+                const double lp = std::isfinite(lse) ? v - lse : v;
+                const double p = lp > 709.0 ? std::exp(lp) : exp_nonpositive(lp);
+                if (prob) {
+                    v = lp;
+                    prob[r + k * ldp] = p;
+                } else {
+                    v = p;
+                }
+            }
+        }
+        return;
+    }
+    std::fill(s, s + rows, 0.0);
+    for (Index k = 0; k < cols; ++k) {
+        double* ak = a + k * lda;
+        if (prob) {
+            double* pk = prob + k * ldp;
+            Index i = 0;
+            for (; i + lanes <= rows; i += lanes) {
+                const vd d = loadv(ak + i) - loadv(m + i);
+                const vd e = exp_nonpositive(d);
+                storev(ak + i, d);
+                storev(pk + i, e);
+                storev(s + i, loadv(s + i) + e);
+            }
+            for (; i < rows; ++i) {
+                const double d = ak[i] - m[i];
+                const double e = exp_nonpositive(d);
+                ak[i] = d;
+                pk[i] = e;
+                s[i] += e;
+            }
+        } else {
+            Index i = 0;
+            for (; i + lanes <= rows; i += lanes) {
+                const vd e = exp_nonpositive(loadv(ak + i) - loadv(m + i));
+                storev(ak + i, e);
+                storev(s + i, loadv(s + i) + e);
+            }
+            for (; i < rows; ++i) {
+                const double e = exp_nonpositive(ak[i] - m[i]);
+                ak[i] = e;
+                s[i] += e;
+            }
+        }
+    }
+    // Every term is <= 1 and the largest is 1: s is in [1, cols].
+    double inv[block_rows];
+    double log_s[block_rows];
+    Eigen::Map<Eigen::ArrayXd>(inv, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).inverse();
+    Eigen::Map<Eigen::ArrayXd>(log_s, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).log();
+    Eigen::Map<Eigen::ArrayXd>(norm, rows) =
+        Eigen::Map<const Eigen::ArrayXd>(m, rows) + Eigen::Map<const Eigen::ArrayXd>(log_s, rows);
+    for (Index k = 0; k < cols; ++k) {
+        double* ak = a + k * lda;
+        if (prob) {
+            double* pk = prob + k * ldp;
+#pragma omp simd
+            for (Index i = 0; i < rows; ++i) {
+                pk[i] *= inv[i];
+                ak[i] -= log_s[i];
+            }
+        } else {
+#pragma omp simd
+            for (Index i = 0; i < rows; ++i) ak[i] *= inv[i];
+        }
+    }
 }
 
 void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* norm) {
@@ -103,10 +295,14 @@ void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* nor
 }
 
 void exp_block(const double* a, Index rows, double* out) {
-    using namespace Eigen::internal;
     Index i = 0;
-    for (; i + packet_size <= rows; i += packet_size) pstoreu(out + i, exp_flushed(ploadu<Packet>(a + i)));
-    for (; i < rows; ++i) out[i] = a[i] < -708.0 ? 0.0 : std::exp(a[i]);
+    for (; i + lanes <= rows; i += lanes) {
+        const vd x = loadv(a + i);
+        storev(out + i, exp_nonpositive(x < splat(709.0) ? x : splat(709.0))); // x > 709, NaN: below
+    }
+    for (; i < rows; ++i) out[i] = exp_nonpositive(a[i] < 709.0 ? a[i] : 709.0);
+    for (i = 0; i < rows; ++i)
+        if (!(a[i] <= 709.0)) out[i] = std::exp(a[i]); // overflow to +∞, NaN: the exact function
 }
 
 void exp_blocked(const ConstMatrixRef& a, Matrix& out) {

@@ -119,6 +119,24 @@ void e_step(const Model& model, const Dataset& data, Responsibilities& r) {
         });
 }
 
+void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Vector& log_norm) {
+    // As e_step, but the block's log joint becomes probabilities in place (softmax_block).
+    const Index n = data.n_samples();
+    const Index K = model.n_experts();
+    h.resize(n, K);
+    log_norm.resize(n);
+    const Matrix gate_log = unblocked_gate(model, data);
+    std::vector<JointScratch> scratch;
+    detail::for_each_block(
+        n, scratch, [&] { return make_joint_scratch(model); }, [&](Index b, JointScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            double* out = h.data() + begin;
+            joint_block(model, data, gate_log, begin, rows, out, n, s);
+            detail::softmax_block(out, n, rows, K, log_norm.data() + begin);
+        });
+}
+
 Vector log_likelihood_samples(const Model& model, const Dataset& data) {
     // Block by block: only a block_rows × K buffer per thread, never n×K.
     const Index n = data.n_samples();

@@ -188,3 +188,70 @@ TEST_CASE("log_softmax_rows_in_place gives rows whose exp sums to 1", "[log_sum_
     for (Index j = 0; j < 3; ++j)
         REQUIRE(a(5, j) == -inf);
 }
+
+TEST_CASE("exp_of_log is within a few ulp of std::exp over the whole range, flushing below -708", "[log_sum_exp]") {
+    // The blocked exp (a polynomial after Cody-Waite reduction, vectorised) against glibc's
+    // correctly rounded std::exp: 4099 values (vector lanes and a scalar tail), spread over
+    // [-708, 709].
+    moekit::Rng rng(77);
+    Matrix a(4099, 3);
+    for (Index i = 0; i < a.rows(); ++i) {
+        a(i, 0) = -708.0 + 1417.0 * moekit::uniform01(rng);
+        a(i, 1) = -1.0 + 2.0 * moekit::uniform01(rng); // near 0: the reduction's small range
+        a(i, 2) = -40.0 * moekit::uniform01(rng);      // typical log responsibilities
+    }
+    a(0, 1) = 0.0;
+    a(1, 1) = -708.0;
+    a(2, 1) = 709.0;
+    const Matrix e = moekit::exp_of_log(a);
+    double worst = 0.0;
+    for (Index i = 0; i < a.rows(); ++i)
+        for (Index j = 0; j < a.cols(); ++j) {
+            const double expected = std::exp(a(i, j));
+            worst = std::max(worst, std::abs(e(i, j) - expected) / expected);
+        }
+    INFO("largest relative error " << worst);
+    REQUIRE(worst < 4.0 * std::numeric_limits<double>::epsilon());
+    REQUIRE(e(0, 1) == 1.0); // exp(0) is exactly 1: a lone expert's responsibility
+    // Below -708 the result is flushed to exactly 0 (exp(-inf) too); above 709 and at NaN the
+    // exact function decides (overflow to +inf, NaN propagates). Both paths: a short matrix (the
+    // scalar tail) and rows inside a vector lane.
+    for (const Index rows : {Index{1}, Index{9}}) {
+        Matrix special = Matrix::Constant(rows, 6, 0.5);
+        special.row(rows - 1) << -708.5, -1e300, -inf, 709.5, 710.0, nan_value;
+        const Matrix s = moekit::exp_of_log(special);
+        REQUIRE(s(rows - 1, 0) == 0.0);
+        REQUIRE(s(rows - 1, 1) == 0.0);
+        REQUIRE(s(rows - 1, 2) == 0.0);
+        REQUIRE(s(rows - 1, 3) == std::exp(709.5));
+        REQUIRE(s(rows - 1, 4) == inf);
+        REQUIRE(std::isnan(s(rows - 1, 5)));
+        if (rows > 1) REQUIRE(s(0, 0) == Approx(std::exp(0.5)).epsilon(1e-15));
+    }
+}
+
+TEST_CASE("log_sum_exp_rows: a block with a NaN or infinite row keeps every other row exact", "[log_sum_exp]") {
+    // 4105 rows of 5 columns (two sample blocks of the blocked kernel), with -inf entries (experts
+    // routed away) in finite rows; the second block also has one row of each special kind, which
+    // sends that block through the reference path.
+    moekit::Rng rng(78);
+    Matrix a(4105, 5);
+    for (Index i = 0; i < a.rows(); ++i)
+        for (Index j = 0; j < a.cols(); ++j)
+            a(i, j) = -60.0 + 70.0 * moekit::uniform01(rng);
+    for (Index i = 0; i < a.rows(); i += 7) a(i, i % 5) = -inf;
+    a(4097, 2) = nan_value;
+    a(4098, 1) = inf;
+    a(4096, 0) = a(4096, 1) = a(4096, 2) = a(4096, 3) = a(4096, 4) = -inf;
+    const Vector lse = moekit::log_sum_exp_rows(a);
+    for (Index i = 0; i < a.rows(); ++i) {
+        if (i >= 4096 && i <= 4098) continue;
+        std::vector<double> row;
+        for (Index j = 0; j < a.cols(); ++j) row.push_back(a(i, j));
+        // m + log Σ exp(a − m) is exact to a few ulp of max(|m|, log K) in absolute terms.
+        REQUIRE(lse(i) == Approx(moekit_test::naive_log_sum_exp(row)).epsilon(1e-14).margin(1e-13));
+    }
+    REQUIRE(lse(4096) == -inf);
+    REQUIRE(std::isnan(lse(4097)));
+    REQUIRE(lse(4098) == inf);
+}

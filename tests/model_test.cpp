@@ -170,6 +170,23 @@ void check_e_step(const Model& m, const moekit::Dataset& data, const Matrix& nai
     REQUIRE(samples.size() == n);
     for (Index i = 0; i < n; ++i)
         REQUIRE(samples(i) == Approx(r.log_norm(i)).epsilon(1e-13).margin(1e-13));
+    // The E-step as probabilities (the EM loop's one n×K array): the same normalisers, and
+    // exp of the naive log responsibilities, rows summing to 1.
+    Matrix h;
+    Vector log_norm;
+    moekit::e_step_probabilities(m, data, h, log_norm);
+    REQUIRE(h.rows() == n);
+    REQUIRE(h.cols() == K);
+    for (Index i = 0; i < n; ++i) {
+        INFO("sample " << i);
+        REQUIRE(log_norm(i) == Approx(r.log_norm(i)).epsilon(1e-13).margin(1e-13));
+        std::vector<double> row;
+        for (Index k = 0; k < K; ++k) row.push_back(naive_joint(i, k));
+        const double norm = moekit_test::naive_log_sum_exp(row);
+        for (Index k = 0; k < K; ++k)
+            REQUIRE(h(i, k) == Approx(std::exp(naive_joint(i, k) - norm)).epsilon(1e-11).margin(1e-15));
+        REQUIRE(h.row(i).sum() == Approx(1.0).epsilon(1e-15 * static_cast<double>(K)));
+    }
 }
 
 } // namespace
@@ -189,6 +206,12 @@ TEST_CASE("e_step matches a naive double loop: constant gate, Gaussian experts",
     for (Index i = 0; i < data.n_samples(); ++i)
         data.weights(i) = 0.25 + 2.0 * moekit::uniform01(rng);
     check_e_step(m, data, naive_log_joint_gaussian(m, data));
+}
+
+TEST_CASE("e_step matches a naive double loop over two sample blocks (vectorised kernels)", "[model]") {
+    // 4101 samples: a whole 4096-row block of the blocked E-step and a short one.
+    const Model m = constant_gaussian_model();
+    check_e_step(m, gaussian_data(4, 4101), naive_log_joint_gaussian(m, gaussian_data(4, 4101)));
 }
 
 TEST_CASE("e_step stays finite for a sample far from every expert", "[model]") {

@@ -43,6 +43,13 @@ Responsibilities e_step(const Model& model, const Dataset& data);
 /// are reused when they already have the right size (no allocation inside an EM loop).
 void e_step(const Model& model, const Dataset& data, Responsibilities& out);
 
+/// E-step as probabilities, with one n×K array (what the EM loop keeps): h_ik = p(expert k |
+/// x_i, y_i), rows summing to 1, and log_norm_i = log p(y_i | x_i); the storage of `h` and
+/// `log_norm` is reused when it already has the right size. Equal to exp of e_step's
+/// log_resp up to rounding (one exp per entry: e = exp(a − max), h = e / Σe); an expert that
+/// routing excludes gets exactly 0.
+void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Vector& log_norm);
+
 /// Σ_i w_i log p(y_i | x_i) (weighted log-likelihood).
 double log_likelihood(const Model& model, const Dataset& data);
 
