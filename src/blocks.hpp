@@ -173,6 +173,10 @@ void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* nor
 /// order (packet lanes, then the tail).
 void weighted_crossprod_block(const double* a, const double* const* u, Index rows, Index m, Index jrows, double* s);
 
+/// A block of block_rows ones: the intercept column of every design, without an n-sized
+/// column of ones.
+const double* ones_column();
+
 /// Σ_i a_i U_ij² for each of the m columns (the diagonal of the above only), written to s[j].
 void weighted_sumsq_block(const double* a, const double* const* u, Index rows, Index m, double* s);
 

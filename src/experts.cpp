@@ -101,13 +101,12 @@ void dot_tile2(const double* w0, const double* w1, const double* const* u, Index
     }
 }
 
-/// A block of ones: the intercept column of every design.
+} // namespace
+
 const double* ones_column() {
     static const std::vector<double> ones(static_cast<std::size_t>(block_rows), 1.0);
     return ones.data();
 }
-
-} // namespace
 
 /// Rows of a crossprod chunk: the chunk's columns (up to 11 of 256 doubles) and its two
 /// weighted rows stay in L1 while the tiles sweep them.

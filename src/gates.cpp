@@ -49,6 +49,38 @@ Matrix gate_design(const Dataset& data) {
 
 namespace {
 
+/// The columns of a gate design, as the blocked passes read them: an explicit n×m matrix, or
+/// (1, z) straight from the data with the intercept column implicit (no n×(g+1) copy per
+/// M-step).
+struct DesignColumns {
+    const double* data;
+    Index stride;
+    Index n;
+    Index m;
+    bool intercept;
+    /// Rows [begin, begin + block) of column j.
+    const double* column(Index j, Index begin) const {
+        if (intercept) return j == 0 ? detail::ones_column() : data + (j - 1) * stride + begin;
+        return data + j * stride + begin;
+    }
+};
+
+DesignColumns columns_of(const ConstMatrixRef& design) {
+    return {design.data(), design.outerStride(), design.rows(), design.cols(), false};
+}
+
+DesignColumns columns_of(const Dataset& data) {
+    return {data.z.data(), data.z.outerStride(), data.n_samples(), data.z.cols() + 1, true};
+}
+
+double objective_impl(const SoftmaxGate& gate,
+                      const DesignColumns& design,
+                      const ConstVectorRef& weights,
+                      const ConstMatrixRef& resp,
+                      double gate_l2,
+                      Vector* gradient,
+                      Matrix* hessian);
+
 /// Row-wise log-softmax of the scores z̃ V: n×K.
 Matrix softmax_log_probabilities(const Matrix& coefficients, const ConstMatrixRef& design) {
     Matrix scores = design * coefficients;
@@ -70,9 +102,9 @@ Matrix from_free(const Vector& theta, Index rows, Index K) {
 /// IRLS/Newton steps on one softmax: maximises Σ_i a_i Σ_c t_ic log softmax(Vᵀ z̃_i)_c − penalty
 /// over the free columns 1.. of V, with step halving so the objective never decreases.
 GateUpdateReport newton_softmax(Matrix& coefficients,
-                                const Matrix& design,
-                                const Vector& weights,
-                                const Matrix& targets,
+                                const DesignColumns& design,
+                                const ConstVectorRef& weights,
+                                const ConstMatrixRef& targets,
                                 const GateOptions& options) {
     GateUpdateReport report;
     const Index K = coefficients.cols();
@@ -83,7 +115,7 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
     Vector trial_gradient;
     Matrix trial_hessian;
     double current =
-        softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+        objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
     report.objective = current;
     if (K == 1) return report;
     for (int step = 0; step < options.newton_steps; ++step) {
@@ -110,7 +142,7 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
         for (int halving = 0; halving <= 30; ++halving) {
             SoftmaxGate trial{from_free(base + t * direction, rows, K)};
             const bool derivatives = !last && halving == 0;
-            const double value = softmax_gate_objective(trial,
+            const double value = objective_impl(trial,
                                                         design,
                                                         weights,
                                                         targets,
@@ -137,7 +169,7 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
             gradient.swap(trial_gradient);
             hessian.swap(trial_hessian);
         } else {
-            current = softmax_gate_objective(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+            current = objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
         }
     }
     report.objective = current;
@@ -198,7 +230,7 @@ Vector log_subtree(const Matrix& log_resp, Index first_leaf, Index span) {
 }
 
 GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
-    const Matrix design = gate_design(data);
+    const DesignColumns design = columns_of(data);
     const Matrix log_resp = resp.array().log().matrix();
     GateUpdateReport total;
     for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
@@ -207,13 +239,13 @@ GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMat
         const Index b = tree.branching[static_cast<std::size_t>(depth)];
         const Index child_span = span / b;
         const Vector log_node = log_subtree(log_resp, first, span);
-        Matrix targets(design.rows(), b);
+        Matrix targets(design.n, b);
         for (Index c = 0; c < b; ++c) {
             const Vector log_child = log_subtree(log_resp, first + c * child_span, child_span);
             targets.col(c) = (log_child - log_node).array().exp().matrix();
         }
         Vector weights = data.weights.cwiseProduct(log_node.array().exp().matrix());
-        for (Index i = 0; i < design.rows(); ++i)
+        for (Index i = 0; i < design.n; ++i)
             if (!std::isfinite(log_node(i))) targets.row(i).setConstant(1.0 / static_cast<double>(b));
         const GateUpdateReport r =
             newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, weights, targets, options);
@@ -234,13 +266,25 @@ double softmax_gate_objective(const SoftmaxGate& gate,
                               double gate_l2,
                               Vector* gradient,
                               Matrix* hessian) {
+    return objective_impl(gate, columns_of(design), weights, resp, gate_l2, gradient, hessian);
+}
+
+namespace {
+
+double objective_impl(const SoftmaxGate& gate,
+                      const DesignColumns& design,
+                      const ConstVectorRef& weights,
+                      const ConstMatrixRef& resp,
+                      double gate_l2,
+                      Vector* gradient,
+                      Matrix* hessian) {
     // n samples, m = g + 1 design columns, K experts; free parameters are columns 1..K−1.
     // One blocked pass over the samples (blocks.hpp): per block the log-softmax of z̃ V, the
     // objective, the gradient Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks
     // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ (k <= l); block partials added in block order.
-    const Index n = design.rows();
+    const Index n = design.n;
     const Index K = gate.coefficients.cols();
-    const Index m = design.cols();
+    const Index m = design.m;
     const Index F = K - 1;
     const Index pairs = F * (F + 1) / 2;
     const bool want_gradient = gradient != nullptr || hessian != nullptr;
@@ -274,8 +318,7 @@ double softmax_gate_objective(const SoftmaxGate& gate,
         [&](Index b, double* slot, Scratch& s) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
-            for (Index j = 0; j < m; ++j)
-                s.columns[static_cast<std::size_t>(j)] = design.data() + j * design.outerStride() + begin;
+            for (Index j = 0; j < m; ++j) s.columns[static_cast<std::size_t>(j)] = design.column(j, begin);
             const double* w = weights.data() + begin;
             const Index ld = s.log_g.outerStride();
             // Scores z̃_i V, then their row log-softmax.
@@ -353,6 +396,8 @@ double softmax_gate_objective(const SoftmaxGate& gate,
     return value;
 }
 
+} // namespace
+
 Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
     return std::visit(
         [&](const auto& g) -> Matrix {
@@ -384,7 +429,7 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
                 report.objective = nk.dot(g.weights.array().log().matrix());
                 return report;
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
-                return newton_softmax(g.coefficients, gate_design(data), data.weights, resp, options);
+                return newton_softmax(g.coefficients, columns_of(data), data.weights, resp, options);
             } else if constexpr (std::is_same_v<T, HashGate>) {
                 return GateUpdateReport{}; // fixed routing: nothing to learn
             } else {
