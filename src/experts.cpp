@@ -169,11 +169,21 @@ void weighted_crossprod_block(const double* a, const double* const* u, Index row
 }
 
 void weighted_sumsq_block(const double* a, const double* const* u, Index rows, Index m, double* s) {
-    double weighted[block_rows];
+    // One sweep per column: (a_i u_i) u_i into four packet accumulators, then the tail.
+    using namespace Eigen::internal;
     for (Index j = 0; j < m; ++j) {
-        const double* uj = u[j];
-        for (Index i = 0; i < rows; ++i) weighted[i] = a[i] * uj[i];
-        s[j] = dot1(weighted, uj, rows);
+        const double* x = u[j];
+        Packet c[4];
+        for (auto& v : c) v = pset1<Packet>(0.0);
+        Index i = 0;
+        for (; i + 4 * packet_size <= rows; i += 4 * packet_size)
+            for (int t = 0; t < 4; ++t) {
+                const Packet v = ploadu<Packet>(x + i + t * packet_size);
+                c[t] = pmadd(pmul(ploadu<Packet>(a + i + t * packet_size), v), v, c[t]);
+            }
+        double tail = 0.0;
+        for (; i < rows; ++i) tail += (a[i] * x[i]) * x[i];
+        s[j] = predux(padd(padd(c[0], c[1]), padd(c[2], c[3]))) + tail;
     }
 }
 
