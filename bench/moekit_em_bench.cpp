@@ -55,8 +55,7 @@ Case load_case(const std::string& prefix, Index n, moekit::CovarianceType type, 
     out.options.covariance = type;
     out.options.gate = gate;
     if (kind == "gmm") {
-        const Matrix y = bench::read_bin(prefix + ".bin", n, c);
-        out.data = moekit::make_dataset(y);
+        out.data = moekit::make_dataset(bench::read_bin(prefix + ".bin", n, c)); // no second copy
         const Matrix w = bench::read_rows(in, 1, K);
         const Matrix means = bench::read_rows(in, K, c);
         out.start.gate = moekit::ConstantGate{w.row(0).transpose()};

@@ -6,6 +6,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace moekit {
 
@@ -84,7 +85,7 @@ void check_names(const std::vector<std::string>& names,
 
 } // namespace
 
-Dataset make_dataset(const Matrix& y, const Matrix& x, const Matrix& z) {
+Dataset make_dataset(Matrix y, Matrix x, Matrix z) {
     Index n = 0;
     for (const Matrix* m : {&y, &x, &z}) {
         if (m->rows() > 0) {
@@ -97,9 +98,9 @@ Dataset make_dataset(const Matrix& y, const Matrix& x, const Matrix& z) {
     check_rows(z, n, "make_dataset", "z");
 
     Dataset data;
-    data.y = y.rows() == n ? y : Matrix(n, 0);
-    data.x = x.rows() == n ? x : Matrix(n, 0);
-    data.z = z.rows() == n ? z : Matrix(n, 0);
+    data.y = y.rows() == n ? std::move(y) : Matrix(n, 0);
+    data.x = x.rows() == n ? std::move(x) : Matrix(n, 0);
+    data.z = z.rows() == n ? std::move(z) : Matrix(n, 0);
     data.weights = Vector::Ones(n);
     data.target_names = numbered_names("y", data.y.cols());
     data.input_names = numbered_names("x", data.x.cols());

@@ -33,8 +33,9 @@ struct Dataset {
 };
 
 /// Builds a dataset from matrices with unit weights and generated names (y1.., x1.., z1..).
-/// Empty matrices get n rows and zero columns.
-Dataset make_dataset(const Matrix& y, const Matrix& x = Matrix(), const Matrix& z = Matrix());
+/// Empty matrices get n rows and zero columns. The matrices are taken by value: pass them with
+/// std::move to build the dataset without a copy of the data.
+Dataset make_dataset(Matrix y, Matrix x = Matrix(), Matrix z = Matrix());
 
 /// Checks shapes agree, all values finite, weights > 0 and names match column counts.
 /// @throws InvalidArgument naming `function` and the offending argument.
