@@ -22,6 +22,8 @@
 #include <iomanip>
 #include <stdexcept>
 #include <string>
+#include <vector>
+#include <algorithm>
 
 namespace bench {
 
@@ -30,14 +32,25 @@ using moekit::Matrix;
 
 /// Reads `<prefix>.bin` as an n×c column-major matrix (rows are samples).
 inline Matrix read_bin(const std::string& path, Index n, Index c) {
+    // Row-major on disk, column-major in memory: read 4096 rows at a time and scatter them, so
+    // loading never holds a second copy of the data (the peak memory measured is the fit's).
     std::FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) throw std::runtime_error("cannot open " + path);
-    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows(n, c);
-    const auto count = static_cast<std::size_t>(n * c);
-    const std::size_t got = std::fread(rows.data(), sizeof(double), count, f);
+    Matrix out(n, c);
+    constexpr Index chunk = 4096;
+    std::vector<double> buffer(static_cast<std::size_t>(chunk * c));
+    for (Index first = 0; first < n; first += chunk) {
+        const Index rows = std::min(chunk, n - first);
+        const auto count = static_cast<std::size_t>(rows * c);
+        if (std::fread(buffer.data(), sizeof(double), count, f) != count) {
+            std::fclose(f);
+            throw std::runtime_error(path + ": expected " + std::to_string(n * c) + " doubles");
+        }
+        for (Index i = 0; i < rows; ++i)
+            for (Index j = 0; j < c; ++j) out(first + i, j) = buffer[static_cast<std::size_t>(i * c + j)];
+    }
     std::fclose(f);
-    if (got != count) throw std::runtime_error(path + ": expected " + std::to_string(count) + " doubles");
-    return rows;
+    return out;
 }
 
 /// Writes an n×c matrix as `<prefix>.bin` (row-major float64).

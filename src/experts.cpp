@@ -462,6 +462,76 @@ std::vector<Matrix> residual_scatter(ExpertKind kind,
     return total;
 }
 
+/// One pass for the M-step: for each expert k the (p+q)×(p+q) matrix [X̃ R_k]ᵀ diag(a) [X̃ R_k]
+/// around the current coefficients W_k (R_k = Y − X̃ W_k, the shifted targets), upper part:
+/// G = X̃ᵀAX̃ (p×p), B = X̃ᵀAR (p×q) and C = RᵀAR (q×q; only its diagonal when
+/// `diagonal_only`). With the update Δ solving G Δ = B, the new coefficients are W + Δ and
+/// the scatter around them C − ΔᵀB − BᵀΔ + ΔᵀGΔ: the second pass over the data is saved, and
+/// the shift by the current coefficients keeps the subtraction benign (it removes only the
+/// part of C due to the update, which is small once EM settles; update_experts checks it).
+std::vector<Matrix> shifted_statistics(ExpertKind kind,
+                                       const Dataset& data,
+                                       const ConstMatrixRef& resp,
+                                       const std::vector<Matrix>& coefficients,
+                                       bool diagonal_only) {
+    const Index n = data.n_samples();
+    const Index K = static_cast<Index>(coefficients.size());
+    const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
+    const Index p = d + 1;
+    const Index q = data.y.cols();
+    const Index m = p + q;
+    std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
+    std::vector<detail::ExpertScratch> scratch;
+    detail::reduce_blocks(
+        n,
+        K * m * m,
+        scratch,
+        [&] {
+            detail::ExpertScratch s;
+            s.residuals.resize(detail::block_rows, q);
+            s.columns.resize(static_cast<std::size_t>(m));
+            s.weights.resize(static_cast<std::size_t>(detail::block_rows));
+            return s;
+        },
+        [&](Index b, double* slot, detail::ExpertScratch& s) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            double* r = s.residuals.data();
+            const Index ldr = s.residuals.outerStride();
+            s.columns[0] = detail::ones_column();
+            for (Index l = 0; l < d; ++l)
+                s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+            for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
+            for (Index k = 0; k < K; ++k) {
+                const Matrix& w = coefficients[static_cast<std::size_t>(k)];
+                if (kind == ExpertKind::Gaussian) {
+                    for (Index t = 0; t < q; ++t) {
+                        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+                        const double mu = w(0, t);
+                        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+                    }
+                } else {
+                    detail::linear_residuals_block(data, w, begin, rows, r, ldr);
+                }
+                block_weights(data, resp, k, begin, rows, s.weights.data());
+                double* out = slot + k * m * m;
+                detail::weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, m, diagonal_only ? p : m, out);
+                if (diagonal_only) {
+                    double diag[64];
+                    for (Index t0 = 0; t0 < q; t0 += 64) {
+                        const Index count = std::min<Index>(64, q - t0);
+                        detail::weighted_sumsq_block(s.weights.data(), s.columns.data() + p + t0, rows, count, diag);
+                        for (Index t = 0; t < count; ++t) out[(p + t0 + t) * (m + 1)] = diag[t];
+                    }
+                }
+            }
+        },
+        [&](const double* slot, Index) {
+            for (Index k = 0; k < K; ++k) total[static_cast<std::size_t>(k)] += Eigen::Map<const Matrix>(slot + k * m * m, m, m);
+        });
+    return total;
+}
+
 /// Weighted least squares from the normal equations G W = R (G = X̃ᵀAX̃, R = X̃ᵀAY) by
 /// Cholesky; a numerically singular G falls back to the minimum-norm solution.
 Matrix solve_normal_equations(const Matrix& gram, const Matrix& rhs, bool& rank_deficient) {
@@ -530,13 +600,17 @@ Matrix expert_log_densities(const Experts& experts, const Dataset& data) {
 }
 
 Vector target_scale(const Dataset& data) {
+    // Two blocked (parallel, ordered) passes: the weighted means, then Σ w (y − mean)².
     const Index q = data.y.cols();
     Vector scale(q);
     const double total = data.weights.sum();
+    const Vector means = detail::weighted_column_sums(data.y, data.weights) / total;
+    const Matrix no_resp(data.n_samples(), 0);
+    const Matrix squares =
+        residual_scatter(ExpertKind::Gaussian, data, no_resp, {Matrix(means.transpose())}, true)[0];
     for (Index j = 0; j < q; ++j) {
-        const double mean = data.weights.dot(data.y.col(j)) / total;
-        const double var =
-            data.weights.dot((data.y.col(j).array() - mean).square().matrix()) / total;
+        const double mean = means(j);
+        const double var = squares(j, j) / total;
         if (var > 0.0 && std::isfinite(var))
             scale(j) = var;
         else
@@ -549,9 +623,13 @@ ExpertUpdateReport update_experts(Experts& experts,
                                   const Dataset& data,
                                   const ConstMatrixRef& resp,
                                   const ExpertRegularization& reg) {
-    // n samples, p = d + 1 design columns, q targets, K experts. Two blocked passes over the
-    // data: the normal equations of every expert, then the residual scatter around the new
-    // coefficients (two passes: the one-pass Σ a y yᵀ − n ȳ ȳᵀ cancels catastrophically).
+    // n samples, p = d + 1 design columns, q targets, K experts. One blocked pass over the data
+    // gathers each expert's normal equations and scatter around its current coefficients
+    // (shifted_statistics); the update and the scatter around the new coefficients follow in
+    // O(p²q + pq²) per expert. The raw one-pass Σ a y yᵀ − n ȳȳᵀ would cancel catastrophically
+    // when the means are large against the spread; the shift by the current coefficients
+    // leaves only the update's share to subtract, and if that ever costs more than 4 bits of
+    // a variance the exact second pass (residual_scatter) recomputes the scatter.
     const Index K = experts.n_experts();
     const Index q = data.y.cols();
     const Index p = experts.kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
@@ -563,26 +641,53 @@ ExpertUpdateReport update_experts(Experts& experts,
     std::vector<Matrix> coefficients = experts.coefficients;
     Vector nk(K);
     std::vector<bool> update(static_cast<std::size_t>(K), false);
+    const bool diagonal = diagonal_structure(experts.covariance_type);
 
-    const std::vector<Matrix> normal = normal_equations(experts.kind, data, resp, K);
+    // One pass: the statistics around the current coefficients (shifted_statistics).
+    const std::vector<Matrix> stats = shifted_statistics(experts.kind, data, resp, experts.coefficients, diagonal);
+    std::vector<Matrix> scatter(static_cast<std::size_t>(K));
     Matrix gram;
     Matrix rhs;
+    bool exact = true; // false: some scatter lost too much to the shift; recompute below
     for (Index k = 0; k < K; ++k) {
         const auto uk = static_cast<std::size_t>(k);
-        nk(k) = normal[uk](0, 0);
+        const Matrix& t = stats[uk];
+        nk(k) = t(0, 0);
+        split_normal_equations(t, p, gram, rhs); // G and B
+        Matrix delta = Matrix::Zero(p, q);
         if (nk(k) >= threshold && std::isfinite(nk(k))) {
             bool deficient = false;
-            split_normal_equations(normal[uk], p, gram, rhs);
-            coefficients[uk] = solve_normal_equations(gram, rhs, deficient);
+            delta = solve_normal_equations(gram, rhs, deficient);
             report.rank_deficient = report.rank_deficient || deficient;
-            update[uk] = coefficients[uk].allFinite();
-            if (!update[uk]) coefficients[uk] = experts.coefficients[uk];
+            update[uk] = delta.allFinite();
+            if (update[uk])
+                coefficients[uk] = experts.coefficients[uk] + delta;
+            else
+                delta.setZero();
         }
         if (!update[uk]) report.kept.push_back(k);
+        // Scatter around the new coefficients: C − ΔᵀB − BᵀΔ + ΔᵀGΔ (C alone when Δ = 0).
+        Matrix c = t.bottomRightCorner(q, q);
+        if (diagonal) {
+            const Vector cd = c.diagonal();
+            Vector sd = cd;
+            for (Index j = 0; j < q; ++j)
+                sd(j) += -2.0 * delta.col(j).dot(rhs.col(j)) + delta.col(j).dot(gram * delta.col(j));
+            // The shift removed too much (the update was large against the spread): more than
+            // 4 bits of the scatter would be lost, so the second pass computes it directly.
+            if (((sd.array() * 16.0) < cd.array()).any()) exact = false;
+            scatter[uk] = sd.asDiagonal();
+        } else {
+            c.triangularView<Eigen::StrictlyLower>() = c.transpose();
+            const Matrix cross = delta.transpose() * rhs;
+            Matrix sk = c - cross - cross.transpose() + delta.transpose() * gram * delta;
+            sk = 0.5 * (sk + sk.transpose());
+            if (((sk.diagonal().array() * 16.0) < c.diagonal().array()).any()) exact = false;
+            scatter[uk] = std::move(sk);
+        }
     }
+    if (!exact) scatter = residual_scatter(experts.kind, data, resp, coefficients, diagonal);
     // S_k, divided by n_k.
-    std::vector<Matrix> scatter =
-        residual_scatter(experts.kind, data, resp, coefficients, diagonal_structure(experts.covariance_type));
     for (Index k = 0; k < K; ++k) scatter[static_cast<std::size_t>(k)] /= std::max(nk(k), 1e-300);
 
     std::vector<CovarianceFactor> covariances = experts.covariances;

@@ -513,10 +513,11 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
             break;
         }
     }
-    // The log responsibilities of the returned model, after h is released (never two n×K
-    // arrays at once).
-    h = Matrix();
-    result.responsibilities = e_step(model, data);
+    // The log responsibilities of the returned model, written over h's storage (never two
+    // n×K arrays at once, and no fresh pages to fault in).
+    result.responsibilities.log_resp = std::move(h);
+    result.responsibilities.log_norm = std::move(log_norm);
+    e_step(model, data, result.responsibilities);
     result.model = std::move(model);
     result.log_likelihood = current;
     return result;

@@ -422,8 +422,8 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
         [&](auto& g) -> GateUpdateReport {
             using T = std::decay_t<decltype(g)>;
             if constexpr (std::is_same_v<T, ConstantGate>) {
-                // Closed form: π_k = Σ_i w_i h_ik / Σ_i w_i.
-                const Vector nk = resp.transpose() * data.weights;
+                // Closed form: π_k = Σ_i w_i h_ik / Σ_i w_i (a blocked, parallel, ordered sum).
+                const Vector nk = detail::weighted_column_sums(resp, data.weights);
                 g.weights = nk / nk.sum();
                 GateUpdateReport report;
                 report.objective = nk.dot(g.weights.array().log().matrix());
