@@ -480,49 +480,66 @@ std::vector<Matrix> shifted_statistics(ExpertKind kind,
     const Index p = d + 1;
     const Index q = data.y.cols();
     const Index m = p + q;
+    // Rows of a sub-block: its residuals and weights stay in L1 between being formed and
+    // being read by the cross products (a whole block's would live in L2).
+    constexpr Index sub = 256;
+    struct Scratch {
+        Matrix residuals;                   ///< sub × q
+        std::vector<double> weights;        ///< sub
+        std::vector<const double*> columns; ///< m
+        Matrix part;                        ///< m × m, one sub-block's cross products
+        std::vector<double> diag;           ///< q
+    };
     std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
-    std::vector<detail::ExpertScratch> scratch;
+    std::vector<Scratch> scratch;
     detail::reduce_blocks(
         n,
         K * m * m,
         scratch,
         [&] {
-            detail::ExpertScratch s;
-            s.residuals.resize(detail::block_rows, q);
+            Scratch s;
+            s.residuals.resize(sub, q);
+            s.weights.resize(static_cast<std::size_t>(sub));
             s.columns.resize(static_cast<std::size_t>(m));
-            s.weights.resize(static_cast<std::size_t>(detail::block_rows));
+            s.part = Matrix::Zero(m, m);
+            s.diag.resize(static_cast<std::size_t>(q));
             return s;
         },
-        [&](Index b, double* slot, detail::ExpertScratch& s) {
-            const Index begin = detail::block_begin(b);
-            const Index rows = detail::block_size(b, n);
+        [&](Index b, double* slot, Scratch& s) {
+            const Index block_begin = detail::block_begin(b);
+            const Index block_rows = detail::block_size(b, n);
             double* r = s.residuals.data();
             const Index ldr = s.residuals.outerStride();
-            s.columns[0] = detail::ones_column();
-            for (Index l = 0; l < d; ++l)
-                s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
-            for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
-            for (Index k = 0; k < K; ++k) {
-                const Matrix& w = coefficients[static_cast<std::size_t>(k)];
-                if (kind == ExpertKind::Gaussian) {
-                    for (Index t = 0; t < q; ++t) {
-                        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-                        const double mu = w(0, t);
-                        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+            for (Index first = 0; first < block_rows; first += sub) {
+                const Index begin = block_begin + first;
+                const Index rows = std::min(sub, block_rows - first);
+                s.columns[0] = detail::ones_column();
+                for (Index l = 0; l < d; ++l)
+                    s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+                for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
+                for (Index k = 0; k < K; ++k) {
+                    const Matrix& w = coefficients[static_cast<std::size_t>(k)];
+                    if (kind == ExpertKind::Gaussian) {
+                        for (Index t = 0; t < q; ++t) {
+                            const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+                            const double mu = w(0, t);
+                            for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+                        }
+                    } else {
+                        detail::linear_residuals_block(data, w, begin, rows, r, ldr);
                     }
-                } else {
-                    detail::linear_residuals_block(data, w, begin, rows, r, ldr);
-                }
-                block_weights(data, resp, k, begin, rows, s.weights.data());
-                double* out = slot + k * m * m;
-                detail::weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, m, diagonal_only ? p : m, out);
-                if (diagonal_only) {
-                    double diag[64];
-                    for (Index t0 = 0; t0 < q; t0 += 64) {
-                        const Index count = std::min<Index>(64, q - t0);
-                        detail::weighted_sumsq_block(s.weights.data(), s.columns.data() + p + t0, rows, count, diag);
-                        for (Index t = 0; t < count; ++t) out[(p + t0 + t) * (m + 1)] = diag[t];
+                    block_weights(data, resp, k, begin, rows, s.weights.data());
+                    double* out = slot + k * m * m;
+                    detail::weighted_crossprod_block(
+                        s.weights.data(), s.columns.data(), rows, m, diagonal_only ? p : m, s.part.data());
+                    if (diagonal_only) {
+                        detail::weighted_sumsq_block(s.weights.data(), s.columns.data() + p, rows, q, s.diag.data());
+                        for (Index t = 0; t < q; ++t) s.part(p + t, p + t) = s.diag[static_cast<std::size_t>(t)];
                     }
+                    // Only the entries computed (the upper rows; with diagonal_only the first p
+                    // rows and the diagonal) are non-zero in part: add the upper triangle.
+                    for (Index col = 0; col < m; ++col)
+                        for (Index row = 0; row <= col; ++row) out[row + col * m] += s.part(row, col);
                 }
             }
         },
