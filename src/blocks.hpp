@@ -3,13 +3,15 @@
 // E-step and M-step (docs/performance.md).
 //
 // Every loop over samples runs over blocks of `block_rows` consecutive rows, in parallel
-// (OpenMP, static schedule) when there is more than one block. The partition depends only on
-// n, never on the number of threads. Per-sample results (log densities, responsibilities) are
+// (OpenMP, dynamic schedule: a thread that finishes early takes the next block, so a core shared
+// with other work does not hold the others up) when there is more than one block. The
+// partition depends only on n, never on the number of threads. Per-sample results (log densities, responsibilities) are
 // computed the same way whichever thread computes them; sums over samples are accumulated
 // per block and the block partials are added in block order (an ordered reduction). So every
 // result is bit-identical for any number of threads.
 //
-// The kernels below do their own vectorised arithmetic (Eigen packets) and never call an
+// The kernels below do their own vectorised arithmetic (Eigen packets; GCC vector extensions
+// for the exponential, see log_sum_exp.cpp) and never call an
 // Eigen product with a long inner dimension: Eigen chooses its GEMM blocking from the number
 // of threads, which would break the bit-identity.
 
@@ -58,7 +60,7 @@ inline int thread_id() {
 #endif
 }
 
-/// Calls body(b, scratch[t]) for every block b of n rows, in parallel over blocks (static
+/// Calls body(b, scratch[t]) for every block b of n rows, in parallel over blocks (dynamic
 /// schedule) when there is more than one; t is the calling thread, and `scratch` is resized to
 /// max_threads() entries made by make_scratch() (allocated once per call, not per block). The
 /// body must only write what block b owns.
@@ -68,7 +70,7 @@ void for_each_block(Index n, std::vector<Scratch>& scratch, MakeScratch make_scr
     const int threads = nb > 1 ? max_threads() : 1;
     scratch.clear();
     for (int t = 0; t < threads; ++t) scratch.push_back(make_scratch());
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
     for (Index b = 0; b < nb; ++b) body(b, scratch[static_cast<std::size_t>(thread_id())]);
 }
 
@@ -96,7 +98,7 @@ void reduce_blocks(Index n,
     for (Index first = 0; first < nb; first += round) {
         const Index count = std::min(round, nb - first);
         std::fill(slots.begin(), slots.begin() + count * slot_size, 0.0);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && count > 1)
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1 && count > 1)
         for (Index r = 0; r < count; ++r)
             compute(first + r, slots.data() + r * slot_size, scratch[static_cast<std::size_t>(thread_id())]);
         for (Index r = 0; r < count; ++r) add(static_cast<const double*>(slots.data() + r * slot_size), first + r);
@@ -106,7 +108,8 @@ void reduce_blocks(Index n,
 /// Log density of N(0, Σ) at rows [0, rows) of a column-major block: r_i = y_i − shift
 /// (shift: q values, or nullptr for 0), out[i] = −½(q log 2π + log|Σ|) − ½‖L⁻¹ r_i‖². Forward
 /// substitution on packets of samples; `diagonal` skips the off-diagonal part of L (diag and
-/// spherical covariances, q = 1). @param scratch density_scratch_size(q) doubles.
+/// spherical covariances, q = 1). `offset` is added to every result (a constant gate's log
+/// weight, saving a pass over the block). @param scratch density_scratch_size(q) doubles.
 void gaussian_log_density_block(const double* y,
                                 Index ldy,
                                 Index rows,
@@ -115,7 +118,8 @@ void gaussian_log_density_block(const double* y,
                                 const CovarianceFactor& factor,
                                 bool diagonal,
                                 double* out,
-                                double* scratch);
+                                double* scratch,
+                                double offset = 0.0);
 
 /// Scratch doubles gaussian_log_density_block needs for q targets.
 Index density_scratch_size(Index q);
@@ -132,23 +136,24 @@ struct ExpertScratch {
 /// Sizes `s` for `experts` (q targets, p = d + 1 design columns).
 void reserve_scratch(ExpertScratch& s, const Experts& experts);
 
-/// log p_k(y_i | x_i) for rows [begin, begin + rows) of `data`, written to out[i + k·ld].
+/// log p_k(y_i | x_i) for rows [begin, begin + rows) of `data`, written to out[i + k·ld]; plus
+/// offsets[k] when `offsets` is not null.
 void expert_log_densities_block(const Experts& experts,
                                 const Dataset& data,
                                 Index begin,
                                 Index rows,
                                 double* out,
                                 Index ld,
-                                ExpertScratch& scratch);
+                                ExpertScratch& scratch,
+                                const double* offsets = nullptr);
 
 /// Row-wise log-sum-exp of rows [0, rows) of a column-major block `a` (leading dimension lda,
 /// `cols` columns), rows <= block_rows; the contract of log_sum_exp_rows.
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out);
 
 /// out = exp(a) elementwise (out is resized to a's shape, reusing its storage when the shape
-/// already matches), in parallel over sample blocks: responsibilities from log
-/// responsibilities without a serial pass or an allocation inside an EM loop. Results below the
-/// smallest normal double (a < −708) are flushed to 0: subnormals are slow and negligible.
+/// already matches), in parallel over sample blocks (exp_of_log). Results below the smallest
+/// normal double (a < −708) are flushed to 0: subnormals are slow and negligible.
 void exp_blocked(const ConstMatrixRef& a, Matrix& out);
 
 /// Σ_i w_i a_ik for each column k (K values), as an ordered blocked reduction: the effective

@@ -149,9 +149,10 @@ void gaussian_log_density_block(const double* y,
                                 const CovarianceFactor& factor,
                                 bool diagonal,
                                 double* out,
-                                double* scratch) {
+                                double* scratch,
+                                double offset) {
     const double log_two_pi = 2.0 * boost::math::constants::log_root_two_pi<double>();
-    const double c = -0.5 * (static_cast<double>(q) * log_two_pi + factor.log_det);
+    const double c = offset - 0.5 * (static_cast<double>(q) * log_two_pi + factor.log_det);
     // Scratch layout: 1/L_jj (q), −L row by row (q²), z (q × chunk), padded tail (q × chunk).
     double* inv_diag = scratch;
     double* neg_lower = inv_diag + q;

@@ -5,6 +5,7 @@
 #include "moekit/errors.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 
 namespace moekit {
@@ -115,8 +116,14 @@ constexpr Index crossprod_chunk = 256;
 void weighted_crossprod_block(const double* a, const double* const* u, Index rows, Index m, Index jrows, double* s) {
     // Rows [i0, i0 + c) at a time (fixed chunks: the summation order depends on nothing but
     // the block); each chunk's tiles are added to s, which the first chunk overwrites.
+    assert(rows <= block_rows);
     double weighted[2][crossprod_chunk];
-    for (Index i0 = 0; i0 < rows || i0 == 0; i0 += crossprod_chunk) {
+    if (rows == 0) {
+        for (Index j = 0; j < jrows; ++j)
+            for (Index l = j; l < m; ++l) s[j + l * m] = 0.0;
+        return;
+    }
+    for (Index i0 = 0; i0 < rows; i0 += crossprod_chunk) {
         const Index c = std::min(crossprod_chunk, rows - i0);
         const bool first = i0 == 0;
         auto put1 = [&](Index row, Index col, double v) {
@@ -164,7 +171,6 @@ void weighted_crossprod_block(const double* a, const double* const* u, Index row
             }
             for (; l < m; ++l) put1(j, l, dot1(weighted[0], u[l] + i0, c));
         }
-        if (rows == 0) break;
     }
 }
 
@@ -266,7 +272,8 @@ void expert_log_densities_block(const Experts& experts,
                                 Index rows,
                                 double* out,
                                 Index ld,
-                                ExpertScratch& scratch) {
+                                ExpertScratch& scratch,
+                                const double* offsets) {
     const Index q = experts.n_outputs();
     // Diagonal factors (and q = 1) need no off-diagonal substitution.
     const bool diagonal = q == 1 || experts.covariance_type == CovarianceType::Diag ||
@@ -284,7 +291,8 @@ void expert_log_densities_block(const Experts& experts,
                                        experts.covariances[uk],
                                        diagonal,
                                        out + k * ld,
-                                       scratch.buffer.data());
+                                       scratch.buffer.data(),
+                                       offsets ? offsets[k] : 0.0);
         } else {
             linear_residuals_block(data, w, begin, rows, scratch.residuals.data(), scratch.residuals.outerStride());
             gaussian_log_density_block(scratch.residuals.data(),
@@ -295,7 +303,8 @@ void expert_log_densities_block(const Experts& experts,
                                        experts.covariances[uk],
                                        diagonal,
                                        out + k * ld,
-                                       scratch.buffer.data());
+                                       scratch.buffer.data(),
+                                       offsets ? offsets[k] : 0.0);
         }
     }
 }
@@ -346,6 +355,20 @@ Matrix design_of(ExpertKind kind, const Dataset& data) {
     design.col(0).setOnes();
     design.rightCols(data.x.cols()) = data.x;
     return design;
+}
+
+/// r = y − x̃ W for rows [begin, begin + rows) into r (rows×q, leading dimension ldr): for
+/// Gaussian experts W is the 1×q mean.
+void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
+    if (kind == ExpertKind::Linear) {
+        detail::linear_residuals_block(data, w, begin, rows, r, ldr);
+        return;
+    }
+    for (Index t = 0; t < data.y.cols(); ++t) {
+        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+        const double mu = w(0, t);
+        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+    }
 }
 
 /// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
@@ -431,16 +454,7 @@ std::vector<Matrix> residual_scatter(ExpertKind kind,
             const Index ldr = s.residuals.outerStride();
             for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(t)] = r + t * ldr;
             for (Index k = 0; k < K; ++k) {
-                const Matrix& w = coefficients[static_cast<std::size_t>(k)];
-                if (kind == ExpertKind::Gaussian) {
-                    for (Index t = 0; t < q; ++t) {
-                        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-                        const double mu = w(0, t);
-                        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
-                    }
-                } else {
-                    detail::linear_residuals_block(data, w, begin, rows, r, ldr);
-                }
+                residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
                 block_weights(data, resp, k, begin, rows, s.weights.data());
                 if (diagonal_only)
                     detail::weighted_sumsq_block(s.weights.data(), s.columns.data(), rows, q, slot + k * q);
@@ -506,28 +520,19 @@ std::vector<Matrix> shifted_statistics(ExpertKind kind,
             return s;
         },
         [&](Index b, double* slot, Scratch& s) {
-            const Index block_begin = detail::block_begin(b);
-            const Index block_rows = detail::block_size(b, n);
+            const Index b_begin = detail::block_begin(b);
+            const Index b_rows = detail::block_size(b, n);
             double* r = s.residuals.data();
             const Index ldr = s.residuals.outerStride();
-            for (Index first = 0; first < block_rows; first += sub) {
-                const Index begin = block_begin + first;
-                const Index rows = std::min(sub, block_rows - first);
+            for (Index first = 0; first < b_rows; first += sub) {
+                const Index begin = b_begin + first;
+                const Index rows = std::min(sub, b_rows - first);
                 s.columns[0] = detail::ones_column();
                 for (Index l = 0; l < d; ++l)
                     s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
                 for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
                 for (Index k = 0; k < K; ++k) {
-                    const Matrix& w = coefficients[static_cast<std::size_t>(k)];
-                    if (kind == ExpertKind::Gaussian) {
-                        for (Index t = 0; t < q; ++t) {
-                            const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-                            const double mu = w(0, t);
-                            for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
-                        }
-                    } else {
-                        detail::linear_residuals_block(data, w, begin, rows, r, ldr);
-                    }
+                    residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
                     block_weights(data, resp, k, begin, rows, s.weights.data());
                     double* out = slot + k * m * m;
                     detail::weighted_crossprod_block(
@@ -645,7 +650,7 @@ ExpertUpdateReport update_experts(Experts& experts,
     // (shifted_statistics); the update and the scatter around the new coefficients follow in
     // O(p²q + pq²) per expert. The raw one-pass Σ a y yᵀ − n ȳȳᵀ would cancel catastrophically
     // when the means are large against the spread; the shift by the current coefficients
-    // leaves only the update's share to subtract, and if that ever costs more than 4 bits of
+    // leaves only the update's share to subtract, and if that ever costs more than 10 bits of
     // a variance the exact second pass (residual_scatter) recomputes the scatter.
     const Index K = experts.n_experts();
     const Index q = data.y.cols();
@@ -675,6 +680,13 @@ ExpertUpdateReport update_experts(Experts& experts,
         if (nk(k) >= threshold && std::isfinite(nk(k))) {
             bool deficient = false;
             delta = solve_normal_equations(gram, rhs, deficient);
+            if (deficient) {
+                // The minimum-norm coefficients W (not W⁰ plus the minimum-norm update): solve
+                // G W = B + G W⁰, the unshifted normal equations.
+                bool again = false;
+                delta = solve_normal_equations(gram, rhs + gram * experts.coefficients[uk], again) -
+                        experts.coefficients[uk];
+            }
             report.rank_deficient = report.rank_deficient || deficient;
             update[uk] = delta.allFinite();
             if (update[uk])
@@ -683,25 +695,24 @@ ExpertUpdateReport update_experts(Experts& experts,
                 delta.setZero();
         }
         if (!update[uk]) report.kept.push_back(k);
-        // Scatter around the new coefficients: C − ΔᵀB − BᵀΔ + ΔᵀGΔ (C alone when Δ = 0).
+        // Scatter around the new coefficients: C − ΔᵀB − BᵀΔ + ΔᵀGΔ (C alone when Δ = 0). The
+        // terms subtracted can be much larger than their result: when the update is large
+        // against the spread, or the inputs are far from the origin (G large, Δ's intercept and
+        // slopes cancelling in x̃Δ). Their magnitude bounds the rounding error, so if it exceeds
+        // 1024 × the scatter (relative error above ~2e-13: more than 10 of 52 bits lost), the
+        // exact second pass computes the scatter. (For Gaussian experts: an update of more than
+        // 16 standard deviations in some coordinate.)
         Matrix c = t.bottomRightCorner(q, q);
-        if (diagonal) {
-            const Vector cd = c.diagonal();
-            Vector sd = cd;
-            for (Index j = 0; j < q; ++j)
-                sd(j) += -2.0 * delta.col(j).dot(rhs.col(j)) + delta.col(j).dot(gram * delta.col(j));
-            // The shift removed too much (the update was large against the spread): more than
-            // 4 bits of the scatter would be lost, so the second pass computes it directly.
-            if (((sd.array() * 16.0) < cd.array()).any()) exact = false;
-            scatter[uk] = sd.asDiagonal();
-        } else {
-            c.triangularView<Eigen::StrictlyLower>() = c.transpose();
-            const Matrix cross = delta.transpose() * rhs;
-            Matrix sk = c - cross - cross.transpose() + delta.transpose() * gram * delta;
-            sk = 0.5 * (sk + sk.transpose());
-            if (((sk.diagonal().array() * 16.0) < c.diagonal().array()).any()) exact = false;
-            scatter[uk] = std::move(sk);
-        }
+        c.triangularView<Eigen::StrictlyLower>() = c.transpose();
+        const Matrix cross = delta.transpose() * rhs;
+        Matrix sk = c - cross - cross.transpose() + delta.transpose() * gram * delta;
+        sk = 0.5 * (sk + sk.transpose());
+        const Matrix abs_delta = delta.cwiseAbs();
+        const Vector magnitude = c.diagonal() + 2.0 * (abs_delta.transpose() * rhs.cwiseAbs()).diagonal() +
+                                 (abs_delta.transpose() * gram.cwiseAbs() * abs_delta).diagonal();
+        if (((sk.diagonal().array() * 1024.0) < magnitude.array()).any()) exact = false;
+        if (diagonal) sk = Matrix(sk.diagonal().asDiagonal()); // only C's diagonal was gathered
+        scatter[uk] = std::move(sk);
     }
     if (!exact) scatter = residual_scatter(experts.kind, data, resp, coefficients, diagonal);
     // S_k, divided by n_k.

@@ -451,10 +451,15 @@ Model initialize(const Dataset& data, const FitOptions& options, Rng& rng) {
     return model;
 }
 
-FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int restart) {
+namespace {
+
+/// fit_em; with final_responsibilities false the result's responsibilities stay empty (fit
+/// computes them once, for the best start only).
+FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options, int restart, bool final_responsibilities) {
     FitResult result;
     ExpertRegularization reg = options.regularization;
-    if (reg.scale.size() != data.y.cols()) reg.scale = target_scale(data);
+    // The scale only multiplies the ridge: not needed (a pass over the data saved) without one.
+    if (reg.scale.size() != data.y.cols() && reg.reg_covar != 0.0) reg.scale = target_scale(data);
     const double total = data.weights.sum();
 
     Model model = std::move(init);
@@ -513,14 +518,22 @@ FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int
             break;
         }
     }
-    // The log responsibilities of the returned model, written over h's storage (never two
-    // n×K arrays at once, and no fresh pages to fault in).
-    result.responsibilities.log_resp = std::move(h);
-    result.responsibilities.log_norm = std::move(log_norm);
-    e_step(model, data, result.responsibilities);
+    if (final_responsibilities) {
+        // The log responsibilities of the returned model, written over h's storage (never two
+        // n×K arrays at once, and no fresh pages to fault in).
+        result.responsibilities.log_resp = std::move(h);
+        result.responsibilities.log_norm = std::move(log_norm);
+        e_step(model, data, result.responsibilities);
+    }
     result.model = std::move(model);
     result.log_likelihood = current;
     return result;
+}
+
+} // namespace
+
+FitResult fit_em(const Dataset& data, Model init, const FitOptions& options, int restart) {
+    return fit_em_impl(data, std::move(init), options, restart, true);
 }
 
 namespace {
@@ -784,7 +797,7 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         Model init = (r == 0 && warm_start) ? *warm_start : initialize(data, opts, rng);
         init.top_k = opts.top_k; // fit_hard trains dense and routes top-1 at the end
         FitResult candidate = opts.variant == Variant::Hard        ? fit_hard(data, std::move(init), opts, r)
-                              : resolved_method(opts) == FitMethod::EM ? fit_em(data, std::move(init), opts, r)
+                              : resolved_method(opts) == FitMethod::EM ? fit_em_impl(data, std::move(init), opts, r, false)
                                                                        : fit_gradient(data, std::move(init), opts, r);
         finals.push_back(candidate.log_likelihood);
         const bool interrupted = candidate.interrupted;
@@ -803,9 +816,7 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         throw NumericalError("fit: no start reached a finite log-likelihood. Scale the data, increase "
                              "--reg-covar, or use fewer experts.");
     best.restart_log_likelihoods = std::move(finals);
-    // Final E-step, so that fit and predict agree (fit_em's result already holds it).
-    if (best.responsibilities.log_resp.rows() != data.n_samples() || best.responsibilities.log_resp.cols() != best.model.n_experts())
-        best.responsibilities = e_step(best.model, data);
+    best.responsibilities = e_step(best.model, data); // final E-step: fit and predict agree
     best.log_likelihood = data.weights.dot(best.responsibilities.log_norm);
     best.n_parameters = n_parameters(best.model);
     best.n_samples = data.weights.sum();

@@ -3,6 +3,7 @@
 #include "blocks.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -141,7 +142,7 @@ template <class T> T exp_core(T x) {
 /// exp(x) for x <= 709 (a log-sum-exp term is <= 0) with results below the smallest normal
 /// double (x < −708, so exp(−∞)) flushed to 0: subnormal results cost a microcode assist each
 /// and are below the resolution of every sum they enter. NaN propagates.
-template <class T> T exp_nonpositive(T x) {
+template <class T> T exp_flushed(T x) {
     const T lo = constant_like(x, -708.0);
     const T e = exp_core(select_below(x, -708.0, lo, x)); // every lane computed, then selected
     return select_below(x, -708.0, constant_like(x, 0.0), e);
@@ -173,6 +174,7 @@ bool row_max(const double* a, Index lda, Index rows, Index cols, double* m) {
 } // namespace
 
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out) {
+    assert(rows <= block_rows);
     if (cols == 0) {
         std::fill(out, out + rows, negative_infinity);
         return;
@@ -190,8 +192,8 @@ void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, doubl
     for (Index k = 0; k < cols; ++k) {
         const double* ak = a + k * lda;
         Index i = 0;
-        for (; i + lanes <= rows; i += lanes) storev(s + i, loadv(s + i) + exp_nonpositive(loadv(ak + i) - loadv(m + i)));
-        for (; i < rows; ++i) s[i] += exp_nonpositive(ak[i] - m[i]);
+        for (; i + lanes <= rows; i += lanes) storev(s + i, loadv(s + i) + exp_flushed(loadv(ak + i) - loadv(m + i)));
+        for (; i < rows; ++i) s[i] += exp_flushed(ak[i] - m[i]);
     }
     // Every term is <= 1 and the largest is 1: the sum is in [1, cols], its log finite.
     Eigen::Map<Eigen::ArrayXd>(out, rows) =
@@ -199,6 +201,8 @@ void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, doubl
 }
 
 void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, double* prob, Index ldp) {
+    assert(rows <= block_rows);
+    assert(prob != a);
     if (cols == 0) {
         std::fill(norm, norm + rows, negative_infinity);
         return;
@@ -206,79 +210,49 @@ void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, d
     double m[block_rows];
     double s[block_rows];
     if (!row_max(a, lda, rows, cols, m)) {
-        // The reference, row by row: a row with a non-finite normaliser keeps its values as
-        // log-probabilities (as log_softmax_rows_in_place) and gets exp of them (flushed).
-        for (Index r = 0; r < rows; ++r) {
-            const double lse = log_sum_exp_row(a + r, lda, cols);
-            norm[r] = lse;
-            for (Index k = 0; k < cols; ++k) {
-                double& v = a[r + k * lda];
-                const double lp = std::isfinite(lse) ? v - lse : v;
-                const double p = lp > 709.0 ? std::exp(lp) : exp_nonpositive(lp);
-                if (prob) {
-                    v = lp;
-                    prob[r + k * ldp] = p;
-                } else {
+        // The reference: the log-softmax (rows with a non-finite normaliser keep their values),
+        // then exp of each entry.
+        log_softmax_block(a, lda, rows, cols, norm);
+        for (Index k = 0; k < cols; ++k)
+            for (Index i = 0; i < rows; ++i) {
+                double& v = a[i + k * lda];
+                const double p = v > 709.0 ? std::exp(v) : exp_flushed(v);
+                if (prob)
+                    prob[i + k * ldp] = p;
+                else
                     v = p;
-                }
             }
-        }
         return;
     }
+    // e = exp(a − m) into the probabilities (a itself when prob is null), s = Σ_k e.
     std::fill(s, s + rows, 0.0);
     for (Index k = 0; k < cols; ++k) {
-        double* ak = a + k * lda;
-        if (prob) {
-            double* pk = prob + k * ldp;
-            Index i = 0;
-            for (; i + lanes <= rows; i += lanes) {
-                const vd d = loadv(ak + i) - loadv(m + i);
-                const vd e = exp_nonpositive(d);
-                storev(ak + i, d);
-                storev(pk + i, e);
-                storev(s + i, loadv(s + i) + e);
-            }
-            for (; i < rows; ++i) {
-                const double d = ak[i] - m[i];
-                const double e = exp_nonpositive(d);
-                ak[i] = d;
-                pk[i] = e;
-                s[i] += e;
-            }
-        } else {
-            Index i = 0;
-            for (; i + lanes <= rows; i += lanes) {
-                const vd e = exp_nonpositive(loadv(ak + i) - loadv(m + i));
-                storev(ak + i, e);
-                storev(s + i, loadv(s + i) + e);
-            }
-            for (; i < rows; ++i) {
-                const double e = exp_nonpositive(ak[i] - m[i]);
-                ak[i] = e;
-                s[i] += e;
-            }
+        const double* ak = a + k * lda;
+        double* pk = prob ? prob + k * ldp : a + k * lda;
+        Index i = 0;
+        for (; i + lanes <= rows; i += lanes) {
+            const vd e = exp_flushed(loadv(ak + i) - loadv(m + i));
+            storev(pk + i, e);
+            storev(s + i, loadv(s + i) + e);
+        }
+        for (; i < rows; ++i) {
+            const double e = exp_flushed(ak[i] - m[i]);
+            pk[i] = e;
+            s[i] += e;
         }
     }
-    // Every term is <= 1 and the largest is 1: s is in [1, cols].
-    double inv[block_rows];
-    double log_s[block_rows];
-    Eigen::Map<Eigen::ArrayXd>(inv, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).inverse();
-    Eigen::Map<Eigen::ArrayXd>(log_s, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).log();
+    // Every term is <= 1 and the largest is 1: s is in [1, cols]. The normaliser and the
+    // log-probabilities are computed exactly as log_sum_exp_block and log_softmax_block do, so
+    // both give the same bits (the gate's Newton steps compare values from both).
     Eigen::Map<Eigen::ArrayXd>(norm, rows) =
-        Eigen::Map<const Eigen::ArrayXd>(m, rows) + Eigen::Map<const Eigen::ArrayXd>(log_s, rows);
+        Eigen::Map<const Eigen::ArrayXd>(m, rows) + Eigen::Map<const Eigen::ArrayXd>(s, rows).log();
+    Eigen::Map<Eigen::ArrayXd> inv(s, rows);
+    inv = inv.inverse();
+    const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
     for (Index k = 0; k < cols; ++k) {
-        double* ak = a + k * lda;
-        if (prob) {
-            double* pk = prob + k * ldp;
-#pragma omp simd
-            for (Index i = 0; i < rows; ++i) {
-                pk[i] *= inv[i];
-                ak[i] -= log_s[i];
-            }
-        } else {
-#pragma omp simd
-            for (Index i = 0; i < rows; ++i) ak[i] *= inv[i];
-        }
+        double* pk = prob ? prob + k * ldp : a + k * lda;
+        Eigen::Map<Eigen::ArrayXd>(pk, rows) *= inv;
+        if (prob) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
     }
 }
 
@@ -298,9 +272,9 @@ void exp_block(const double* a, Index rows, double* out) {
     Index i = 0;
     for (; i + lanes <= rows; i += lanes) {
         const vd x = loadv(a + i);
-        storev(out + i, exp_nonpositive(x < splat(709.0) ? x : splat(709.0))); // x > 709, NaN: below
+        storev(out + i, exp_flushed(x < splat(709.0) ? x : splat(709.0))); // x > 709, NaN: below
     }
-    for (; i < rows; ++i) out[i] = exp_nonpositive(a[i] < 709.0 ? a[i] : 709.0);
+    for (; i < rows; ++i) out[i] = exp_flushed(a[i] < 709.0 ? a[i] : 709.0);
     for (i = 0; i < rows; ++i)
         if (!(a[i] <= 709.0)) out[i] = std::exp(a[i]); // overflow to +∞, NaN: the exact function
 }

@@ -20,12 +20,14 @@ struct JointScratch {
     detail::ExpertScratch experts;
     Matrix gate;  ///< block_rows × K gate log-probabilities (softmax gate)
     Matrix joint; ///< block_rows × K (log_likelihood_samples)
+    std::vector<double> log_weights; ///< K: a constant gate's log π_k
 };
 
 JointScratch make_joint_scratch(const Model& model) {
     JointScratch s;
     detail::reserve_scratch(s.experts, model.experts);
     if (std::holds_alternative<SoftmaxGate>(model.gate)) s.gate.resize(detail::block_rows, model.n_experts());
+    if (std::holds_alternative<ConstantGate>(model.gate)) s.log_weights.resize(static_cast<std::size_t>(model.n_experts()));
     return s;
 }
 
@@ -48,13 +50,18 @@ void joint_block(const Model& model,
                  Index ld,
                  JointScratch& s) {
     const Index K = model.n_experts();
+    const auto* constant = gate_log.size() == 0 ? std::get_if<ConstantGate>(&model.gate) : nullptr;
+    if (constant) {
+        // log π_k enters the density kernel's constant: no extra pass over the block.
+        s.log_weights.resize(static_cast<std::size_t>(K));
+        for (Index k = 0; k < K; ++k) s.log_weights[static_cast<std::size_t>(k)] = std::log(constant->weights(k));
+        detail::expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.experts, s.log_weights.data());
+        return;
+    }
     detail::expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.experts);
     if (gate_log.size() > 0) {
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
-    } else if (const auto* c = std::get_if<ConstantGate>(&model.gate)) {
-        for (Index k = 0; k < K; ++k)
-            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += std::log(c->weights(k));
     } else if (const auto* g = std::get_if<SoftmaxGate>(&model.gate)) {
         // log softmax(Vᵀ z̃_i), as gate_log_probabilities: scores z̃_i V, then the row log-softmax.
         const Matrix& v = g->coefficients;
@@ -100,23 +107,34 @@ Responsibilities e_step(const Model& model, const Dataset& data) {
     return r;
 }
 
-void e_step(const Model& model, const Dataset& data, Responsibilities& r) {
-    // One pass over sample blocks: log joint, then its row log-softmax while the block is in
-    // cache.
+namespace {
+
+/// The blocked E-step: per sample block the log joint into out (n×K, column-major), then
+/// normalise(block, rows, begin) while the block is in cache.
+template <class Normalise>
+void blocked_e_step(const Model& model, const Dataset& data, double* out, Normalise normalise) {
     const Index n = data.n_samples();
-    const Index K = model.n_experts();
-    r.log_resp.resize(n, K);
-    r.log_norm.resize(n);
     const Matrix gate_log = unblocked_gate(model, data);
     std::vector<JointScratch> scratch;
     detail::for_each_block(
         n, scratch, [&] { return make_joint_scratch(model); }, [&](Index b, JointScratch& s) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
-            double* out = r.log_resp.data() + begin;
-            joint_block(model, data, gate_log, begin, rows, out, n, s);
-            detail::log_softmax_block(out, n, rows, K, r.log_norm.data() + begin);
+            joint_block(model, data, gate_log, begin, rows, out + begin, n, s);
+            normalise(out + begin, rows, begin);
         });
+}
+
+} // namespace
+
+void e_step(const Model& model, const Dataset& data, Responsibilities& r) {
+    const Index n = data.n_samples();
+    const Index K = model.n_experts();
+    r.log_resp.resize(n, K);
+    r.log_norm.resize(n);
+    blocked_e_step(model, data, r.log_resp.data(), [&](double* block, Index rows, Index begin) {
+        detail::log_softmax_block(block, n, rows, K, r.log_norm.data() + begin);
+    });
 }
 
 void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Vector& log_norm) {
@@ -125,16 +143,9 @@ void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Ve
     const Index K = model.n_experts();
     h.resize(n, K);
     log_norm.resize(n);
-    const Matrix gate_log = unblocked_gate(model, data);
-    std::vector<JointScratch> scratch;
-    detail::for_each_block(
-        n, scratch, [&] { return make_joint_scratch(model); }, [&](Index b, JointScratch& s) {
-            const Index begin = detail::block_begin(b);
-            const Index rows = detail::block_size(b, n);
-            double* out = h.data() + begin;
-            joint_block(model, data, gate_log, begin, rows, out, n, s);
-            detail::softmax_block(out, n, rows, K, log_norm.data() + begin);
-        });
+    blocked_e_step(model, data, h.data(), [&](double* block, Index rows, Index begin) {
+        detail::softmax_block(block, n, rows, K, log_norm.data() + begin);
+    });
 }
 
 Vector log_likelihood_samples(const Model& model, const Dataset& data) {

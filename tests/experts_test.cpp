@@ -579,47 +579,71 @@ TEST_CASE("expert kinds parse and print", "[experts]") {
 
 TEST_CASE("the one-pass M-step matches the naive statistics from near and from far coefficients", "[experts]") {
     // update_experts gathers its statistics around the current coefficients and subtracts the
-    // update's share; from far-away coefficients (1e4 standard deviations, where that would cost
-    // about 27 bits) it recomputes the scatter by a second pass. Both give the naive weighted
-    // least squares and covariance. Data far from the origin (offset 1e3) with unit spread.
+    // update's share; when that would lose more than 10 bits (coefficients 1e4 standard
+    // deviations off, or inputs far from the origin, where intercept and slopes cancel) it
+    // recomputes the scatter by a second pass. Every way gives the naive weighted least squares
+    // and covariance, for every covariance structure. Targets far from the origin (offset 1e3).
     moekit::Rng rng(31);
     const Index n = 5000; // two sample blocks
     const Index d = 2;
     const Index q = 2;
     const Index K = 2;
-    const Matrix x = random_matrix(rng, n, d, 1.0);
-    Matrix y(n, q);
-    for (Index i = 0; i < n; ++i) {
-        y(i, 0) = 1e3 + 2.0 * x(i, 0) + moekit::standard_normal(rng);
-        y(i, 1) = -1e3 - x(i, 1) + 0.5 * moekit::standard_normal(rng) + 0.3 * y(i, 0);
-    }
+    const Matrix x0 = random_matrix(rng, n, d, 1.0);
+    Matrix noise(n, q);
+    for (Index i = 0; i < n; ++i)
+        for (Index t = 0; t < q; ++t) noise(i, t) = moekit::standard_normal(rng);
     const Matrix resp = random_resp(rng, n, K);
-    Matrix design(n, d + 1);
-    design.col(0).setOnes();
-    design.rightCols(d) = x;
-    for (const ExpertKind kind : {ExpertKind::Gaussian, ExpertKind::Linear}) {
-        const moekit::Dataset data = kind == ExpertKind::Linear ? moekit::make_dataset(y, x) : moekit::make_dataset(y);
-        const Matrix dm = kind == ExpertKind::Linear ? design : Matrix(Matrix::Ones(n, 1));
-        for (const CovarianceType type : {CovarianceType::Full, CovarianceType::Diag}) {
-            for (const double offset : {0.3, 1e4}) { // near: one pass; far: the second pass
-                INFO("kind " << moekit::to_string(kind) << ", covariance " << moekit::to_string(type) << ", offset " << offset);
-                Experts e = make_experts(kind, type, K, d, q);
-                for (Index k = 0; k < K; ++k) {
-                    const Vector a = data.weights.cwiseProduct(resp.col(k));
-                    e.coefficients[k] = moekit_test::naive_weighted_least_squares(dm, y, a);
-                    e.coefficients[k].row(0).array() += offset;
-                }
-                moekit::update_experts(e, data, resp, no_ridge());
-                for (Index k = 0; k < K; ++k) {
-                    const Vector a = data.weights.cwiseProduct(resp.col(k));
-                    const Matrix w = moekit_test::naive_weighted_least_squares(dm, y, a);
-                    const Matrix cov = moekit_test::naive_weighted_covariance(y - dm * w, a);
-                    REQUIRE(moekit_test::max_abs_diff(e.coefficients[k], w) <= 1e-9);
-                    for (Index r = 0; r < q; ++r)
-                        for (Index c = 0; c < q; ++c) {
-                            const double expected = (type == CovarianceType::Diag && r != c) ? 0.0 : cov(r, c);
-                            REQUIRE(e.covariances[k].covariance(r, c) == Approx(expected).epsilon(1e-10).margin(1e-12));
-                        }
+    for (const double x_offset : {0.0, 1e3}) {
+        const Matrix x = x0.array() + x_offset;
+        Matrix y(n, q);
+        for (Index i = 0; i < n; ++i) {
+            y(i, 0) = 1e3 + 2.0 * x0(i, 0) + noise(i, 0);
+            y(i, 1) = -1e3 - x0(i, 1) + 0.5 * noise(i, 1) + 0.3 * y(i, 0);
+        }
+        Matrix design(n, d + 1);
+        design.col(0).setOnes();
+        design.rightCols(d) = x;
+        for (const ExpertKind kind : {ExpertKind::Gaussian, ExpertKind::Linear}) {
+            const moekit::Dataset data =
+                kind == ExpertKind::Linear ? moekit::make_dataset(y, x) : moekit::make_dataset(y);
+            const Matrix dm = kind == ExpertKind::Linear ? design : Matrix(Matrix::Ones(n, 1));
+            // The naive truth per expert, and the pooled scatter for the tied structure.
+            std::vector<Matrix> w_true;
+            std::vector<Matrix> cov_true;
+            Matrix pooled = Matrix::Zero(q, q);
+            double total = 0.0;
+            for (Index k = 0; k < K; ++k) {
+                const Vector a = data.weights.cwiseProduct(resp.col(k));
+                w_true.push_back(moekit_test::naive_weighted_least_squares(dm, y, a));
+                cov_true.push_back(moekit_test::naive_weighted_covariance(y - dm * w_true.back(), a));
+                pooled += a.sum() * cov_true.back();
+                total += a.sum();
+            }
+            pooled /= total;
+            for (const CovarianceType type :
+                 {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
+                for (const double offset : {0.3, 1e4}) { // near: one pass; far: the second pass
+                    INFO("x offset " << x_offset << ", kind " << moekit::to_string(kind) << ", covariance "
+                                     << moekit::to_string(type) << ", coefficient offset " << offset);
+                    Experts e = make_experts(kind, type, K, d, q);
+                    for (Index k = 0; k < K; ++k) {
+                        e.coefficients[k] = w_true[static_cast<std::size_t>(k)];
+                        e.coefficients[k].row(0).array() += offset;
+                    }
+                    moekit::update_experts(e, data, resp, no_ridge());
+                    for (Index k = 0; k < K; ++k) {
+                        const Matrix& cov = cov_true[static_cast<std::size_t>(k)];
+                        Matrix expected = cov;
+                        if (type == CovarianceType::Diag) expected = Matrix(cov.diagonal().asDiagonal());
+                        if (type == CovarianceType::Spherical)
+                            expected = cov.trace() / static_cast<double>(q) * Matrix::Identity(q, q);
+                        if (type == CovarianceType::Tied) expected = pooled;
+                        const double scale = std::max(1.0, w_true[static_cast<std::size_t>(k)].cwiseAbs().maxCoeff());
+                        REQUIRE(moekit_test::max_abs_diff(e.coefficients[k], w_true[static_cast<std::size_t>(k)]) <= 1e-7 * scale); // cond(G) ~ 1e7 with x far out
+                        for (Index r = 0; r < q; ++r)
+                            for (Index c = 0; c < q; ++c)
+                                REQUIRE(e.covariances[k].covariance(r, c) == Approx(expected(r, c)).epsilon(1e-9).margin(1e-12));
+                    }
                 }
             }
         }

@@ -315,3 +315,30 @@ TEST_CASE("gate parameter counts and kinds", "[gates]") {
     REQUIRE(moekit::parse_gate_kind("Tree") == moekit::GateKind::Tree);
     REQUIRE_THROWS_AS(moekit::parse_gate_kind("hierarchical"), moekit::InvalidArgument);
 }
+
+TEST_CASE("softmax gate objective: the same bits with and without derivatives, and with the implicit intercept", "[gates]") {
+    // Newton's step acceptance compares objective values from passes with and without
+    // derivatives, and the M-step reads (1, z) from the data instead of the design matrix: all
+    // must give the same value bit for bit. 5000 samples: two sample blocks and vector tails.
+    const Problem p = random_problem(707, 5000, 3, 4);
+    const double lambda = 0.1;
+    const SoftmaxGate gate{p.v};
+    const Matrix design = naive_design(p.z);
+    Vector gradient;
+    Matrix hessian;
+    const double plain = moekit::softmax_gate_objective(gate, design, p.w, p.h, lambda);
+    const double with_gradient = moekit::softmax_gate_objective(gate, design, p.w, p.h, lambda, &gradient);
+    const double with_both = moekit::softmax_gate_objective(gate, design, p.w, p.h, lambda, &gradient, &hessian);
+    REQUIRE(plain == with_gradient);
+    REQUIRE(plain == with_both);
+    REQUIRE(plain == Approx(naive_objective(p.v, p.z, p.w, p.h, lambda)).epsilon(1e-12));
+
+    moekit::Dataset data = moekit::make_dataset(Matrix(), Matrix(), p.z);
+    data.weights = p.w;
+    moekit::GateOptions options;
+    options.gate_l2 = lambda;
+    moekit::Gate updated = SoftmaxGate{p.v};
+    const moekit::GateUpdateReport report = moekit::update_gate(updated, data, p.h, options);
+    REQUIRE(report.objective ==
+            moekit::softmax_gate_objective(std::get<SoftmaxGate>(updated), moekit::gate_design(data), p.w, p.h, lambda));
+}

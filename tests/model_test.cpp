@@ -342,3 +342,33 @@ TEST_CASE("check_compatible checks the columns a model needs", "[model]") {
     REQUIRE(moekit_test::max_abs_diff(moekit::predict_mean(m, no_y),
                                       moekit::predict_mean(m, good)) == 0.0);
 }
+
+TEST_CASE("e_step_probabilities: routed-away experts get exactly 0, an impossible sample a row of 0", "[model]") {
+    // Top-1 routing makes two of three log joints -inf in every row; sample 17's target is so
+    // far out that its squared residual overflows, so its kept expert's density is 0 as well.
+    Model m = softmax_linear_model();
+    m.top_k = 1;
+    moekit::Dataset data = linear_data(5, 5000);
+    data.y(17, 0) = 1e300;
+    const moekit::Responsibilities r = moekit::e_step(m, data);
+    Matrix h;
+    Vector log_norm;
+    moekit::e_step_probabilities(m, data, h, log_norm);
+    const Index n = data.n_samples();
+    REQUIRE(log_norm(17) == -std::numeric_limits<double>::infinity());
+    REQUIRE(r.log_norm(17) == -std::numeric_limits<double>::infinity());
+    REQUIRE((h.row(17).array() == 0.0).all());
+    for (Index i = 0; i < n; ++i) {
+        if (i == 17) continue;
+        INFO("sample " << i);
+        REQUIRE(log_norm(i) == r.log_norm(i));
+        Index zeros = 0;
+        for (Index k = 0; k < 3; ++k) {
+            const double expected = std::exp(r.log_resp(i, k));
+            REQUIRE(h(i, k) == Approx(expected).epsilon(1e-15).margin(1e-300));
+            zeros += h(i, k) == 0.0 ? 1 : 0;
+        }
+        REQUIRE(zeros == 2);
+        REQUIRE(h.row(i).sum() == 1.0);
+    }
+}

@@ -44,7 +44,8 @@ Responsibilities e_step(const Model& model, const Dataset& data);
 void e_step(const Model& model, const Dataset& data, Responsibilities& out);
 
 /// E-step as probabilities, with one n×K array (what the EM loop keeps): h_ik = p(expert k |
-/// x_i, y_i), rows summing to 1, and log_norm_i = log p(y_i | x_i); the storage of `h` and
+/// x_i, y_i), rows summing to 1 (a row whose normaliser is not finite, from a NaN or ±∞ log
+/// joint, gets exp of its log joint instead), and log_norm_i = log p(y_i | x_i); the storage of `h` and
 /// `log_norm` is reused when it already has the right size. Equal to exp of e_step's
 /// log_resp up to rounding (one exp per entry: e = exp(a − max), h = e / Σe); an expert that
 /// routing excludes gets exactly 0.
