@@ -3,12 +3,12 @@
 // E-step and M-step (docs/performance.md).
 //
 // Every loop over samples runs over blocks of `block_rows` consecutive rows, in parallel
-// (OpenMP, dynamic schedule: a thread that finishes early takes the next block, so a core shared
-// with other work does not hold the others up) when there is more than one block. The
-// partition depends only on n, never on the number of threads. Per-sample results (log densities, responsibilities) are
-// computed the same way whichever thread computes them; sums over samples are accumulated
-// per block and the block partials are added in block order (an ordered reduction). So every
-// result is bit-identical for any number of threads.
+// (OpenMP, dynamic schedule: a thread that finishes early takes the next block, so a core
+// shared with other work does not hold the others up) when there is more than one block. The
+// partition depends only on n, never on the number of threads. Per-sample results (log
+// densities, responsibilities) are computed the same way whichever thread computes them; sums
+// over samples are accumulated per block and the block partials are added in block order (an
+// ordered reduction). So every result is bit-identical for any number of threads.
 //
 // The kernels below do their own vectorised arithmetic (Eigen packets; GCC vector extensions
 // for the exponential, see log_sum_exp.cpp) and never call an
