@@ -93,12 +93,18 @@ void likelihood_gradient_case(moekit::FitOptions o, const moekit::Dataset& data,
     check_gradient(analytic, numeric);
 }
 
-/// Linear experts with a softmax gate under sparse top-k routing, trained by gradient ascent.
-moekit::FitOptions sparse_options(Index k, Index top_k) {
+/// k linear experts with a softmax gate, every other option at its default.
+moekit::FitOptions linear_softmax(Index k) {
     moekit::FitOptions o;
     o.expert = moekit::ExpertKind::Linear;
     o.gate = moekit::GateKind::Softmax;
     o.n_experts = k;
+    return o;
+}
+
+/// Linear experts with a softmax gate under sparse top-k routing, trained by gradient ascent.
+moekit::FitOptions sparse_options(Index k, Index top_k) {
+    moekit::FitOptions o = linear_softmax(k);
     o.top_k = top_k;
     o.method = moekit::FitMethod::Gradient;
     return o;
@@ -280,10 +286,7 @@ TEST_CASE("EM's optimum is a stationary point of gradient ascent, and back (soft
 
 TEST_CASE("sparse top-k fit: routing, load, capacity drops", "[gradient][topk]") {
     const moekit::Dataset data = regimes(300, 1, 7);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
+    moekit::FitOptions o = linear_softmax(3);
     o.top_k = 1;
     o.balance_weight = 0.01;
     o.seed = 3;
@@ -308,10 +311,7 @@ TEST_CASE("sparse top-k fit: routing, load, capacity drops", "[gradient][topk]")
 
 TEST_CASE("hard MoE: classification EM, top-1 routing, disagreement share", "[gradient][hard]") {
     const moekit::Dataset data = regimes(300, 1, 8);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
+    moekit::FitOptions o = linear_softmax(3);
     o.variant = moekit::Variant::Hard;
     o.restarts = 3;
     o.seed = 2;
@@ -337,10 +337,7 @@ TEST_CASE("hard MoE: classification EM, top-1 routing, disagreement share", "[gr
 
 TEST_CASE("meta-pi: lower squared error than the likelihood-trained MoE on the same data", "[gradient][metapi]") {
     const moekit::Dataset data = regimes(300, 1, 9);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 2; // too few experts for 3 regimes: the two objectives disagree
+    moekit::FitOptions o = linear_softmax(2); // too few experts for 3 regimes: the two objectives disagree
     o.restarts = 3;
     o.seed = 4;
     const moekit::FitResult ml = moekit::fit(data, o);
@@ -400,10 +397,7 @@ TEST_CASE("hash routing: experts fitted on their hashed groups", "[gradient][has
 
 TEST_CASE("upcycling: one expert copied K times with seeded perturbations", "[gradient][upcycle]") {
     const moekit::Dataset data = regimes(300, 1, 12);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
+    moekit::FitOptions o = linear_softmax(3);
     o.init = moekit::InitMethod::Upcycle;
     o.seed = 5;
     o.regularization.scale = moekit::target_scale(data);
@@ -499,10 +493,7 @@ TEST_CASE("smooth load loss is 0 when the noise treats the experts alike", "[gra
 
 TEST_CASE("noisy gating fit: seeded, finite, clean prediction", "[gradient][topk][noise]") {
     const moekit::Dataset data = regimes(200, 1, 17);
-    moekit::FitOptions o;
-    o.expert = moekit::ExpertKind::Linear;
-    o.gate = moekit::GateKind::Softmax;
-    o.n_experts = 3;
+    moekit::FitOptions o = linear_softmax(3);
     o.top_k = 1;
     o.gate_noise = true;
     o.balance_loss = moekit::BalanceLoss::Load;
