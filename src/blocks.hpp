@@ -151,11 +151,6 @@ void expert_log_densities_block(const Experts& experts,
 /// `cols` columns), rows <= block_rows; the contract of log_sum_exp_rows.
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out);
 
-/// out = exp(a) elementwise (out is resized to a's shape, reusing its storage when the shape
-/// already matches), in parallel over sample blocks (exp_of_log). Results below the smallest
-/// normal double (a < −708) are flushed to 0: subnormals are slow and negligible.
-void exp_blocked(const ConstMatrixRef& a, Matrix& out);
-
 /// Σ_i w_i a_ik for each column k (K values), as an ordered blocked reduction: the effective
 /// expert sizes, bit-identical for any number of threads.
 Vector weighted_column_sums(const ConstMatrixRef& a, const ConstVectorRef& w);

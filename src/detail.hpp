@@ -13,12 +13,9 @@ namespace moekit::detail {
 /// ASCII lower-case copy, for case-insensitive option parsing.
 std::string lower_case(std::string_view text);
 
-/// Xᵀ diag(a) X for n×p X and n weights a: p×p, symmetric.
 /// A covariance estimate of structure `type` from a q×q scatter s (already divided by its mass),
 /// plus the ridge on the diagonal: full/tied s + diag(ridge); diag its diagonal + ridge;
 /// spherical (tr(s)/q + mean(ridge))·I.
 Matrix structured_covariance(CovarianceType type, const Matrix& s, const Vector& ridge);
-
-Matrix weighted_gram(const ConstMatrixRef& x, const ConstVectorRef& a);
 
 } // namespace moekit::detail

@@ -219,26 +219,6 @@ double masked_weighted_sum_block(const double* w, const double* h, const double*
     return predux(padd(c0, c1)) + tail;
 }
 
-Matrix weighted_gram(const ConstMatrixRef& x, const ConstVectorRef& a) {
-    const Index n = x.rows();
-    const Index m = x.cols();
-    Matrix g = Matrix::Zero(m, m);
-    std::vector<std::vector<const double*>> scratch;
-    reduce_blocks(
-        n,
-        m * m,
-        scratch,
-        [&] { return std::vector<const double*>(static_cast<std::size_t>(m)); },
-        [&](Index b, double* slot, std::vector<const double*>& columns) {
-            const Index begin = block_begin(b);
-            for (Index j = 0; j < m; ++j) columns[static_cast<std::size_t>(j)] = x.data() + j * x.outerStride() + begin;
-            weighted_crossprod_block(a.data() + begin, columns.data(), block_size(b, n), m, m, slot);
-        },
-        [&](const double* slot, Index) { g += Eigen::Map<const Matrix>(slot, m, m); });
-    g.triangularView<Eigen::StrictlyLower>() = g.transpose();
-    return g;
-}
-
 void reserve_scratch(ExpertScratch& s, const Experts& experts) {
     const Index q = experts.n_outputs();
     s.residuals.resize(block_rows, q);
@@ -382,48 +362,7 @@ void block_weights(const Dataset& data, const ConstMatrixRef& resp, Index k, Ind
     for (Index i = 0; i < rows; ++i) a[i] = w[i] * h[i];
 }
 
-/// The first pass of the M-step: for each of the K experts (K = resp.cols(), or one expert
-/// with weights w when resp has no columns) the (p+q)×(p+q) matrix [X̃ Y]ᵀ diag(a) [X̃ Y] with
-/// only its first p rows (upper part) computed: X̃ᵀAX̃ (p×p, upper) and X̃ᵀAY (p×q). Element
-/// (0, 0) is the effective size Σ_i a_i. Blocked, ordered reduction.
-std::vector<Matrix> normal_equations(ExpertKind kind, const Dataset& data, const ConstMatrixRef& resp, Index K) {
-    const Index n = data.n_samples();
-    const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
-    const Index p = d + 1;
-    const Index q = data.y.cols();
-    const Index m = p + q;
-    std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
-    std::vector<detail::ExpertScratch> scratch;
-    detail::reduce_blocks(
-        n,
-        K * m * m,
-        scratch,
-        [&] {
-            detail::ExpertScratch s;
-            s.columns.resize(static_cast<std::size_t>(m));
-            s.weights.resize(static_cast<std::size_t>(detail::block_rows));
-            return s;
-        },
-        [&](Index b, double* slot, detail::ExpertScratch& s) {
-            const Index begin = detail::block_begin(b);
-            const Index rows = detail::block_size(b, n);
-            s.columns[0] = detail::ones_column();
-            for (Index l = 0; l < d; ++l)
-                s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
-            for (Index t = 0; t < q; ++t)
-                s.columns[static_cast<std::size_t>(p + t)] = data.y.data() + t * data.y.outerStride() + begin;
-            for (Index k = 0; k < K; ++k) {
-                block_weights(data, resp, k, begin, rows, s.weights.data());
-                detail::weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, m, p, slot + k * m * m);
-            }
-        },
-        [&](const double* slot, Index) {
-            for (Index k = 0; k < K; ++k) total[static_cast<std::size_t>(k)] += Eigen::Map<const Matrix>(slot + k * m * m, m, m);
-        });
-    return total;
-}
-
-/// The second pass: for each expert the weighted residual scatter Σ_i a_i r_i r_iᵀ (q×q,
+/// The exact second pass: for each expert the weighted residual scatter Σ_i a_i r_i r_iᵀ (q×q,
 /// symmetric; only the diagonal when `diagonal_only`), r_i = y_i − x̃_i W_k, not normalised.
 std::vector<Matrix> residual_scatter(ExpertKind kind,
                                      const Dataset& data,
@@ -763,10 +702,12 @@ Experts initial_experts(ExpertKind kind,
     // that have enough responsibility mass. (resp with no columns: weights w_i alone.)
     const Index p = kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
     const Matrix no_resp(data.n_samples(), 0);
-    const std::vector<Matrix> normal = normal_equations(kind, data, no_resp, 1);
+    // The normal equations G W = X̃ᵀAY: the one-pass statistics around W = 0 (their C part is
+    // not used; around 0 it would cancel, so the scatter is the exact pass below).
+    const Matrix normal = shifted_statistics(kind, data, no_resp, {Matrix::Zero(p, q)}, true)[0];
     Matrix gram;
     Matrix rhs;
-    split_normal_equations(normal[0], p, gram, rhs);
+    split_normal_equations(normal, p, gram, rhs);
     bool deficient = false;
     const Matrix pooled = solve_normal_equations(gram, rhs, deficient);
     const Matrix s = residual_scatter(kind, data, no_resp, {pooled}, diagonal_structure(type))[0] /

@@ -279,20 +279,6 @@ void exp_block(const double* a, Index rows, double* out) {
         if (!(a[i] <= 709.0)) out[i] = std::exp(a[i]); // overflow to +∞, NaN: the exact function
 }
 
-void exp_blocked(const ConstMatrixRef& a, Matrix& out) {
-    const Index n = a.rows();
-    const Index K = a.cols();
-    out.resize(n, K);
-    std::vector<char> unused;
-    for_each_block(
-        n, unused, [] { return char{}; }, [&](Index b, char&) {
-            const Index begin = block_begin(b);
-            const Index rows = block_size(b, n);
-            for (Index k = 0; k < K; ++k)
-                exp_block(a.data() + k * a.outerStride() + begin, rows, out.data() + k * out.outerStride() + begin);
-        });
-}
-
 Vector weighted_column_sums(const ConstMatrixRef& a, const ConstVectorRef& w) {
     const Index n = a.rows();
     const Index K = a.cols();
@@ -343,8 +329,18 @@ Vector log_softmax_rows_in_place(Matrix& a) {
 }
 
 Matrix exp_of_log(const ConstMatrixRef& a) {
-    Matrix out;
-    detail::exp_blocked(a, out); // the blocked kernel flushes exp(x < −708), so exp(−∞), to 0
+    // In parallel over sample blocks; exp_block flushes exp(x < −708), so exp(−∞), to 0.
+    const Index n = a.rows();
+    const Index K = a.cols();
+    Matrix out(n, K);
+    std::vector<char> unused;
+    detail::for_each_block(
+        n, unused, [] { return char{}; }, [&](Index b, char&) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            for (Index k = 0; k < K; ++k)
+                detail::exp_block(a.data() + k * a.outerStride() + begin, rows, out.data() + k * n + begin);
+        });
     return out;
 }
 
