@@ -17,6 +17,7 @@
 
 #include "moekit/covariance.hpp"
 #include "moekit/experts.hpp"
+#include "moekit/model.hpp"
 
 #include <algorithm>
 #include <vector>
@@ -190,6 +191,60 @@ double masked_weighted_sum_block(const double* w, const double* h, const double*
 
 /// out[i] = exp(a[i]) for a block, with results below the smallest normal double flushed to 0.
 void exp_block(const double* a, Index rows, double* out);
+
+/// Rows of a sub-block of the M-step statistics: residuals and weights stay in L1.
+inline constexpr Index statistics_sub_block = 256;
+
+/// Per-thread work space of shifted_statistics_block.
+struct StatisticsScratch {
+    Matrix residuals;                   ///< statistics_sub_block × q
+    std::vector<double> weights;        ///< statistics_sub_block
+    std::vector<const double*> columns; ///< m
+    Matrix part;                        ///< m × m, one sub-block's cross products
+    std::vector<double> diag;           ///< q
+};
+
+/// m = p + q, the side of an expert's M-step statistics (p = d + 1 design columns for linear
+/// experts, 1 for Gaussian experts).
+Index statistics_size(ExpertKind kind, const Dataset& data);
+
+StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data);
+
+/// Block b's share of the M-step statistics around `coefficients` (W_k): for each expert the
+/// upper triangle of [X̃ R_k]ᵀ diag(w h_k) [X̃ R_k], R_k = Y − X̃ W_k (only the first p rows and
+/// the diagonal when `diagonal_only`), added to slot[k·m·m ...] (m×m column-major; the slot
+/// starts at zero). Reads only rows of block b of `resp` (n×K; no columns: h = 1). The same
+/// bits whichever pass computes it: update_experts' own pass or the E-step's (fit_em).
+void shifted_statistics_block(ExpertKind kind,
+                              const Dataset& data,
+                              const ConstMatrixRef& resp,
+                              const std::vector<Matrix>& coefficients,
+                              bool diagonal_only,
+                              Index b,
+                              double* slot,
+                              StatisticsScratch& scratch);
+
+/// total[k] += the m×m matrix at slot + k·m·m, for every expert k (in order).
+void add_statistics(std::vector<Matrix>& total, const double* slot);
+
+/// Whether update_experts gathers only the diagonal of the residual scatter.
+bool diagonal_statistics(CovarianceType type);
+
+/// update_experts with the statistics of shifted_statistics_block already gathered (by the
+/// E-step pass that produced `resp`, around experts.coefficients): the M-step without its own
+/// pass over the data (unless the exact second pass is needed).
+ExpertUpdateReport update_experts_from(Experts& experts,
+                                       const Dataset& data,
+                                       const ConstMatrixRef& resp,
+                                       const ExpertRegularization& reg,
+                                       const std::vector<Matrix>& statistics);
+
+/// The blocked E-step of e_step_probabilities (h, log_norm), which also gathers, block by
+/// block while the block is in cache, the M-step statistics around the model's experts
+/// (shifted_statistics_block; one ordered reduction): one pass over the data per EM iteration
+/// instead of two. statistics[k] is m×m, upper triangle filled.
+void e_step_with_statistics(const Model& model, const Dataset& data, Matrix& h, Vector& log_norm,
+                            std::vector<Matrix>& statistics);
 
 /// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows×q, leading
 /// dimension ldr).

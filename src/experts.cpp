@@ -231,14 +231,51 @@ void reserve_scratch(ExpertScratch& s, const Experts& experts) {
 void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
     const Index q = w.cols();
     const Index d = w.rows() - 1;
+    // Input columns of the block, read in place.
+    constexpr Index max_stacked = 16;
+    const double* x[max_stacked];
+    for (Index l = 0; l < std::min(d, max_stacked); ++l) x[l] = data.x.data() + l * data.x.outerStride() + begin;
     for (Index t = 0; t < q; ++t) {
         double* rt = r + t * ldr;
         const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-        // The fitted mean x̃ W first (intercept, then the inputs in order), then y minus it: an
-        // exactly linear y gives residuals of exactly 0.
-        std::fill(rt, rt + rows, w(0, t));
-        for (Index l = 0; l < d; ++l) {
-            const double wl = w(l + 1, t);
+        // The fitted mean x̃ W first (intercept, then the inputs in order; a multiply and an add
+        // each, never fused, the same bits as a sweep per input), then y minus it: an exactly
+        // linear y gives residuals of exactly 0. Up to 16 inputs the sum stays in a register
+        // per sample (one store per residual instead of one per input); beyond, the rest of the
+        // inputs are added sweep by sweep in the same order.
+        const double w0 = w(0, t);
+        const double* wt = w.data() + t * w.outerStride() + 1;
+        const Index stacked = std::min(d, max_stacked);
+        if (d <= max_stacked) {
+            using namespace Eigen::internal;
+            Packet wp[max_stacked];
+            for (Index l = 0; l < stacked; ++l) wp[l] = pset1<Packet>(wt[l]);
+            const Packet w0p = pset1<Packet>(w0);
+            Index i = 0;
+            for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+                Packet a0 = w0p;
+                Packet a1 = w0p;
+                for (Index l = 0; l < stacked; ++l) {
+                    a0 = padd(a0, pmul(wp[l], ploadu<Packet>(x[l] + i)));
+                    a1 = padd(a1, pmul(wp[l], ploadu<Packet>(x[l] + i + packet_size)));
+                }
+                pstoreu(rt + i, psub(ploadu<Packet>(yt + i), a0));
+                pstoreu(rt + i + packet_size, psub(ploadu<Packet>(yt + i + packet_size), a1));
+            }
+            for (; i < rows; ++i) {
+                double acc = w0;
+                for (Index l = 0; l < stacked; ++l) acc += wt[l] * x[l][i];
+                rt[i] = yt[i] - acc;
+            }
+            continue;
+        }
+        for (Index i = 0; i < rows; ++i) {
+            double acc = w0;
+            for (Index l = 0; l < stacked; ++l) acc += wt[l] * x[l][i];
+            rt[i] = acc;
+        }
+        for (Index l = stacked; l < d; ++l) {
+            const double wl = wt[l];
             const double* xl = data.x.data() + l * data.x.outerStride() + begin;
             for (Index i = 0; i < rows; ++i) rt[i] += wl * xl[i];
         }
@@ -290,6 +327,102 @@ void expert_log_densities_block(const Experts& experts,
 }
 
 
+namespace {
+
+/// r = y − x̃ W for rows [begin, begin + rows) into r (rows×q, leading dimension ldr): for
+/// Gaussian experts W is the 1×q mean.
+void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
+    if (kind == ExpertKind::Linear) {
+        detail::linear_residuals_block(data, w, begin, rows, r, ldr);
+        return;
+    }
+    for (Index t = 0; t < data.y.cols(); ++t) {
+        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
+        const double mu = w(0, t);
+        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
+    }
+}
+
+/// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
+void block_weights(const Dataset& data, const ConstMatrixRef& resp, Index k, Index begin, Index rows, double* a) {
+    const double* w = data.weights.data() + begin;
+    if (resp.cols() == 0) {
+        std::copy(w, w + rows, a);
+        return;
+    }
+    const double* h = resp.data() + k * resp.outerStride() + begin;
+    for (Index i = 0; i < rows; ++i) a[i] = w[i] * h[i];
+}
+
+} // namespace
+
+Index statistics_size(ExpertKind kind, const Dataset& data) {
+    return (kind == ExpertKind::Linear ? data.x.cols() + 1 : 1) + data.y.cols();
+}
+
+StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data) {
+    const Index q = data.y.cols();
+    const Index m = statistics_size(kind, data);
+    StatisticsScratch s;
+    s.residuals.resize(statistics_sub_block, q);
+    s.weights.resize(static_cast<std::size_t>(statistics_sub_block));
+    s.columns.resize(static_cast<std::size_t>(m));
+    s.part = Matrix::Zero(m, m);
+    s.diag.resize(static_cast<std::size_t>(q));
+    return s;
+}
+
+void shifted_statistics_block(ExpertKind kind,
+                              const Dataset& data,
+                              const ConstMatrixRef& resp,
+                              const std::vector<Matrix>& coefficients,
+                              bool diagonal_only,
+                              Index b,
+                              double* slot,
+                              StatisticsScratch& s) {
+    const Index n = data.n_samples();
+    const Index K = static_cast<Index>(coefficients.size());
+    const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
+    const Index p = d + 1;
+    const Index q = data.y.cols();
+    const Index m = p + q;
+    const Index b_begin = block_begin(b);
+    const Index b_rows = block_size(b, n);
+    double* r = s.residuals.data();
+    const Index ldr = s.residuals.outerStride();
+    // Sub-blocks of statistics_sub_block rows: their residuals and weights stay in L1 between
+    // being formed and being read by the cross products (a whole block's would live in L2).
+    for (Index first = 0; first < b_rows; first += statistics_sub_block) {
+        const Index begin = b_begin + first;
+        const Index rows = std::min(statistics_sub_block, b_rows - first);
+        s.columns[0] = ones_column();
+        for (Index l = 0; l < d; ++l)
+            s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+        for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
+        for (Index k = 0; k < K; ++k) {
+            residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
+            block_weights(data, resp, k, begin, rows, s.weights.data());
+            double* out = slot + k * m * m;
+            weighted_crossprod_block(s.weights.data(), s.columns.data(), rows, m, diagonal_only ? p : m, s.part.data());
+            if (diagonal_only) {
+                weighted_sumsq_block(s.weights.data(), s.columns.data() + p, rows, q, s.diag.data());
+                for (Index t = 0; t < q; ++t) s.part(p + t, p + t) = s.diag[static_cast<std::size_t>(t)];
+            }
+            // Only the entries computed (the upper rows; with diagonal_only the first p rows
+            // and the diagonal) are non-zero in part: add the upper triangle.
+            for (Index col = 0; col < m; ++col)
+                for (Index row = 0; row <= col; ++row) out[row + col * m] += s.part(row, col);
+        }
+    }
+}
+
+void add_statistics(std::vector<Matrix>& total, const double* slot) {
+    for (std::size_t k = 0; k < total.size(); ++k) {
+        const Index m = total[k].rows();
+        total[k] += Eigen::Map<const Matrix>(slot + static_cast<Index>(k) * m * m, m, m);
+    }
+}
+
 Matrix structured_covariance(CovarianceType type, const Matrix& s, const Vector& ridge) {
     const Index q = s.rows();
     switch (type) {
@@ -337,31 +470,6 @@ Matrix design_of(ExpertKind kind, const Dataset& data) {
     return design;
 }
 
-/// r = y − x̃ W for rows [begin, begin + rows) into r (rows×q, leading dimension ldr): for
-/// Gaussian experts W is the 1×q mean.
-void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
-    if (kind == ExpertKind::Linear) {
-        detail::linear_residuals_block(data, w, begin, rows, r, ldr);
-        return;
-    }
-    for (Index t = 0; t < data.y.cols(); ++t) {
-        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-        const double mu = w(0, t);
-        for (Index i = 0; i < rows; ++i) r[t * ldr + i] = yt[i] - mu;
-    }
-}
-
-/// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
-void block_weights(const Dataset& data, const ConstMatrixRef& resp, Index k, Index begin, Index rows, double* a) {
-    const double* w = data.weights.data() + begin;
-    if (resp.cols() == 0) {
-        std::copy(w, w + rows, a);
-        return;
-    }
-    const double* h = resp.data() + k * resp.outerStride() + begin;
-    for (Index i = 0; i < rows; ++i) a[i] = w[i] * h[i];
-}
-
 /// The exact second pass: for each expert the weighted residual scatter Σ_i a_i r_i r_iᵀ (q×q,
 /// symmetric; only the diagonal when `diagonal_only`), r_i = y_i − x̃_i W_k, not normalised.
 std::vector<Matrix> residual_scatter(ExpertKind kind,
@@ -393,8 +501,8 @@ std::vector<Matrix> residual_scatter(ExpertKind kind,
             const Index ldr = s.residuals.outerStride();
             for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(t)] = r + t * ldr;
             for (Index k = 0; k < K; ++k) {
-                residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
-                block_weights(data, resp, k, begin, rows, s.weights.data());
+                detail::residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
+                detail::block_weights(data, resp, k, begin, rows, s.weights.data());
                 if (diagonal_only)
                     detail::weighted_sumsq_block(s.weights.data(), s.columns.data(), rows, q, slot + k * q);
                 else
@@ -427,69 +535,19 @@ std::vector<Matrix> shifted_statistics(ExpertKind kind,
                                        const ConstMatrixRef& resp,
                                        const std::vector<Matrix>& coefficients,
                                        bool diagonal_only) {
-    const Index n = data.n_samples();
     const Index K = static_cast<Index>(coefficients.size());
-    const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
-    const Index p = d + 1;
-    const Index q = data.y.cols();
-    const Index m = p + q;
-    // Rows of a sub-block: its residuals and weights stay in L1 between being formed and
-    // being read by the cross products (a whole block's would live in L2).
-    constexpr Index sub = 256;
-    struct Scratch {
-        Matrix residuals;                   ///< sub × q
-        std::vector<double> weights;        ///< sub
-        std::vector<const double*> columns; ///< m
-        Matrix part;                        ///< m × m, one sub-block's cross products
-        std::vector<double> diag;           ///< q
-    };
+    const Index m = detail::statistics_size(kind, data);
     std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
-    std::vector<Scratch> scratch;
+    std::vector<detail::StatisticsScratch> scratch;
     detail::reduce_blocks(
-        n,
+        data.n_samples(),
         K * m * m,
         scratch,
-        [&] {
-            Scratch s;
-            s.residuals.resize(sub, q);
-            s.weights.resize(static_cast<std::size_t>(sub));
-            s.columns.resize(static_cast<std::size_t>(m));
-            s.part = Matrix::Zero(m, m);
-            s.diag.resize(static_cast<std::size_t>(q));
-            return s;
+        [&] { return detail::make_statistics_scratch(kind, data); },
+        [&](Index b, double* slot, detail::StatisticsScratch& s) {
+            detail::shifted_statistics_block(kind, data, resp, coefficients, diagonal_only, b, slot, s);
         },
-        [&](Index b, double* slot, Scratch& s) {
-            const Index b_begin = detail::block_begin(b);
-            const Index b_rows = detail::block_size(b, n);
-            double* r = s.residuals.data();
-            const Index ldr = s.residuals.outerStride();
-            for (Index first = 0; first < b_rows; first += sub) {
-                const Index begin = b_begin + first;
-                const Index rows = std::min(sub, b_rows - first);
-                s.columns[0] = detail::ones_column();
-                for (Index l = 0; l < d; ++l)
-                    s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
-                for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
-                for (Index k = 0; k < K; ++k) {
-                    residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
-                    block_weights(data, resp, k, begin, rows, s.weights.data());
-                    double* out = slot + k * m * m;
-                    detail::weighted_crossprod_block(
-                        s.weights.data(), s.columns.data(), rows, m, diagonal_only ? p : m, s.part.data());
-                    if (diagonal_only) {
-                        detail::weighted_sumsq_block(s.weights.data(), s.columns.data() + p, rows, q, s.diag.data());
-                        for (Index t = 0; t < q; ++t) s.part(p + t, p + t) = s.diag[static_cast<std::size_t>(t)];
-                    }
-                    // Only the entries computed (the upper rows; with diagonal_only the first p
-                    // rows and the diagonal) are non-zero in part: add the upper triangle.
-                    for (Index col = 0; col < m; ++col)
-                        for (Index row = 0; row <= col; ++row) out[row + col * m] += s.part(row, col);
-                }
-            }
-        },
-        [&](const double* slot, Index) {
-            for (Index k = 0; k < K; ++k) total[static_cast<std::size_t>(k)] += Eigen::Map<const Matrix>(slot + k * m * m, m, m);
-        });
+        [&](const double* slot, Index) { detail::add_statistics(total, slot); });
     return total;
 }
 
@@ -591,21 +649,32 @@ ExpertUpdateReport update_experts(Experts& experts,
     // when the means are large against the spread; the shift by the current coefficients
     // leaves only the update's share to subtract, and if that ever costs more than 10 bits of
     // a variance the exact second pass (residual_scatter) recomputes the scatter.
+    // One pass: the statistics around the current coefficients (shifted_statistics).
+    const std::vector<Matrix> stats = shifted_statistics(
+        experts.kind, data, resp, experts.coefficients, diagonal_structure(experts.covariance_type));
+    return detail::update_experts_from(experts, data, resp, reg, stats);
+}
+
+namespace detail {
+
+bool diagonal_statistics(CovarianceType type) { return diagonal_structure(type); }
+
+ExpertUpdateReport update_experts_from(Experts& experts,
+                                       const Dataset& data,
+                                       const ConstMatrixRef& resp,
+                                       const ExpertRegularization& reg,
+                                       const std::vector<Matrix>& stats) {
     const Index K = experts.n_experts();
     const Index q = data.y.cols();
     const Index p = experts.kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
     const double threshold =
         reg.min_expert_size > 0.0 ? reg.min_expert_size : static_cast<double>(p + 1);
     const Vector ridge = ridge_of(reg, q);
-
     ExpertUpdateReport report;
     std::vector<Matrix> coefficients = experts.coefficients;
     Vector nk(K);
     std::vector<bool> update(static_cast<std::size_t>(K), false);
     const bool diagonal = diagonal_structure(experts.covariance_type);
-
-    // One pass: the statistics around the current coefficients (shifted_statistics).
-    const std::vector<Matrix> stats = shifted_statistics(experts.kind, data, resp, experts.coefficients, diagonal);
     std::vector<Matrix> scatter(static_cast<std::size_t>(K));
     Matrix gram;
     Matrix rhs;
@@ -690,6 +759,8 @@ ExpertUpdateReport update_experts(Experts& experts,
     experts.covariances = std::move(covariances);
     return report;
 }
+
+} // namespace detail
 
 Experts initial_experts(ExpertKind kind,
                         CovarianceType type,

@@ -467,7 +467,9 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     // rewritten in place by every E-step, and the n log-normalisers.
     Matrix h;
     Vector log_norm;
-    e_step_probabilities(model, data, h, log_norm);
+    // The M-step statistics around the current experts, gathered by the E-step's pass.
+    std::vector<Matrix> stats;
+    detail::e_step_with_statistics(model, data, h, log_norm, stats);
     double current = data.weights.dot(log_norm);
     if (!std::isfinite(current)) {
         result.model = std::move(model);
@@ -482,12 +484,21 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
     for (int it = 1; it <= options.max_iter; ++it) {
         Model candidate = model;
-        record_m_step(result.interventions, restart, it, update_experts(candidate.experts, data, h, reg),
-                      update_gate(candidate.gate, data, h, options.gate_options));
+        const ExpertUpdateReport experts_report = detail::update_experts_from(candidate.experts, data, h, reg, stats);
+        // A constant gate's sizes n_k = Σ w h_k are the (0, 0) entries of the statistics.
+        GateUpdateReport gate_report;
+        if (auto* constant = std::get_if<ConstantGate>(&candidate.gate)) {
+            Vector sizes(static_cast<Index>(stats.size()));
+            for (std::size_t k = 0; k < stats.size(); ++k) sizes(static_cast<Index>(k)) = stats[k](0, 0);
+            gate_report = update_constant_gate(*constant, sizes);
+        } else {
+            gate_report = update_gate(candidate.gate, data, h, options.gate_options);
+        }
+        record_m_step(result.interventions, restart, it, experts_report, gate_report);
 
         // The candidate's E-step overwrites the buffers; a rejected (non-finite) candidate
         // ends the loop, and the final E-step below is the kept model's.
-        e_step_probabilities(candidate, data, h, log_norm);
+        detail::e_step_with_statistics(candidate, data, h, log_norm, stats);
         const double value = data.weights.dot(log_norm);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,

@@ -417,17 +417,20 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
         gate);
 }
 
+GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes) {
+    gate.weights = sizes / sizes.sum();
+    GateUpdateReport report;
+    report.objective = sizes.dot(gate.weights.array().log().matrix());
+    return report;
+}
+
 GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
     return std::visit(
         [&](auto& g) -> GateUpdateReport {
             using T = std::decay_t<decltype(g)>;
             if constexpr (std::is_same_v<T, ConstantGate>) {
                 // Closed form: π_k = Σ_i w_i h_ik / Σ_i w_i (a blocked, parallel, ordered sum).
-                const Vector nk = detail::weighted_column_sums(resp, data.weights);
-                g.weights = nk / nk.sum();
-                GateUpdateReport report;
-                report.objective = nk.dot(g.weights.array().log().matrix());
-                return report;
+                return update_constant_gate(g, detail::weighted_column_sums(resp, data.weights));
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return newton_softmax(g.coefficients, columns_of(data), data.weights, resp, options);
             } else if constexpr (std::is_same_v<T, HashGate>) {

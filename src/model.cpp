@@ -148,6 +148,45 @@ void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Ve
     });
 }
 
+void detail::e_step_with_statistics(const Model& model,
+                                    const Dataset& data,
+                                    Matrix& h,
+                                    Vector& log_norm,
+                                    std::vector<Matrix>& statistics) {
+    // e_step_probabilities, with the M-step statistics of each block gathered right after its
+    // responsibilities, while the block's data and h are in cache; the statistics are an ordered
+    // reduction over the blocks (reduce_blocks), so bit-identical for any number of threads
+    // and to update_experts' own pass.
+    const Index n = data.n_samples();
+    const Index K = model.n_experts();
+    const ExpertKind kind = model.experts.kind;
+    const Index m = statistics_size(kind, data);
+    const bool diagonal = diagonal_statistics(model.experts.covariance_type);
+    h.resize(n, K);
+    log_norm.resize(n);
+    statistics.assign(static_cast<std::size_t>(K), Matrix::Zero(m, m));
+    const Matrix gate_log = unblocked_gate(model, data);
+    struct Scratch {
+        JointScratch joint;
+        StatisticsScratch stats;
+    };
+    std::vector<Scratch> scratch;
+    const ConstMatrixRef resp(h);
+    reduce_blocks(
+        n,
+        K * m * m,
+        scratch,
+        [&] { return Scratch{make_joint_scratch(model), make_statistics_scratch(kind, data)}; },
+        [&](Index b, double* slot, Scratch& s) {
+            const Index begin = block_begin(b);
+            const Index rows = block_size(b, n);
+            joint_block(model, data, gate_log, begin, rows, h.data() + begin, n, s.joint);
+            softmax_block(h.data() + begin, n, rows, K, log_norm.data() + begin);
+            shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats);
+        },
+        [&](const double* slot, Index) { add_statistics(statistics, slot); });
+}
+
 Vector log_likelihood_samples(const Model& model, const Dataset& data) {
     // Block by block: only a block_rows × K buffer per thread, never n×K.
     const Index n = data.n_samples();

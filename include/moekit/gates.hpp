@@ -82,6 +82,10 @@ struct GateUpdateReport {
 /// n×K log gate probabilities.
 Matrix gate_log_probabilities(const Gate& gate, const Dataset& data);
 
+/// The constant gate's closed-form M-step from the expert sizes n_k = Σ_i w_i h_ik:
+/// π_k = n_k / Σ_l n_l; the report's objective is Σ_k n_k log π_k.
+GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes);
+
 /// Gate M-step. @param resp n×K responsibilities.
 GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options);
 
