@@ -239,12 +239,106 @@ ExpertUpdateReport update_experts_from(Experts& experts,
                                        const ExpertRegularization& reg,
                                        const std::vector<Matrix>& statistics);
 
+/// Block partial of the softmax gate's M-step objective Σ_i w_i Σ_k h_ik log g_ik (slot[0]),
+/// its gradient in the free columns k >= 1 (slot[1 ..], m × (K−1), when `gradient`) and the
+/// upper triangles of the Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ, 1 <= k <= l
+/// (after the gradient, m × m each, when `hessian`), from the block's design columns, weights
+/// w, targets h (`resp`), log g and g. c: rows doubles of scratch. The one kernel of the gate's
+/// Newton passes and of the EM E-step pass that evaluates the first of them.
+void softmax_objective_block(const double* const* columns,
+                             Index m,
+                             const double* w,
+                             const double* resp,
+                             Index ld_resp,
+                             const double* log_g,
+                             Index ld_log_g,
+                             const double* g,
+                             Index ldg,
+                             Index rows,
+                             Index K,
+                             bool gradient,
+                             bool hessian,
+                             double* c,
+                             double* slot);
+
+/// Softmax scores z̃_i V of a block: out[i + k·ld] = Σ_j V_jk u_j(i) over the m = V.rows()
+/// design columns u (columns[j], rows <= block_rows); with `intercept` u_0 is the implicit
+/// column of ones (columns[0] is not read) and the sum starts at V_0k. Summed in column order,
+/// a multiply and an add each: the E-step and the gate's Newton passes get the same bits.
+void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld);
+
+/// The upper triangles of the softmax gate's Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
+/// for all pairs 1 <= k <= l < K of a block (rows <= block_rows), written to out[p·m·m ...] in
+/// pair order (k, then l): one sweep over the block for all pairs, in register tiles.
+void softmax_hessian_block(const double* const* columns,
+                           Index m,
+                           const double* w,
+                           const double* g,
+                           Index ldg,
+                           Index rows,
+                           Index K,
+                           double* out);
+
+/// The ordered sum of softmax_objective_block partials, and the objective, gradient and
+/// Hessian they give (penalty included) for coefficients V.
+class SoftmaxObjectiveTotals {
+public:
+    SoftmaxObjectiveTotals(Index m, Index K, bool gradient, bool hessian);
+    /// Doubles of one block's partial.
+    Index slot_size() const;
+    /// Adds one block's partial (call in block order).
+    void add(const double* slot);
+    /// The objective minus the L2 penalty; the gradient and full Hessian in the free
+    /// parameters when asked for (and gathered).
+    double finish(const Matrix& v, double gate_l2, Vector* gradient, Matrix* hessian);
+
+private:
+    Index m_;
+    Index free_;
+    bool gradient_;
+    double value_ = 0.0;
+    Matrix grad_;
+    std::vector<Matrix> blocks_;
+};
+
+/// The softmax gate's objective, gradient and Hessian at its current coefficients for given
+/// responsibilities: the start of its Newton iteration.
+struct SoftmaxStart {
+    double value = 0.0;
+    Vector gradient;
+    Matrix hessian;
+};
+
+/// update_gate for a softmax gate whose objective, gradient and Hessian at the current
+/// coefficients (with targets resp) are already known (gathered by e_step_with_statistics):
+/// the Newton iteration without its first pass over the data.
+GateUpdateReport update_softmax_gate_from(SoftmaxGate& gate,
+                                          const Dataset& data,
+                                          const ConstMatrixRef& resp,
+                                          const GateOptions& options,
+                                          const SoftmaxStart& start);
+
+/// What e_step_with_statistics gathers besides h: the experts' M-step statistics and, for a
+/// dense softmax gate, the start of its Newton iteration.
+struct EStepStatistics {
+    std::vector<Matrix> experts;
+    bool has_gate_start = false;
+    SoftmaxStart gate_start;
+};
+
 /// The blocked E-step of e_step_probabilities (h, log_norm), which also gathers, block by
 /// block while the block is in cache, the M-step statistics around the model's experts
-/// (shifted_statistics_block; one ordered reduction): one pass over the data per EM iteration
-/// instead of two. statistics[k] is m×m, upper triangle filled.
-void e_step_with_statistics(const Model& model, const Dataset& data, Matrix& h, Vector& log_norm,
-                            std::vector<Matrix>& statistics);
+/// (shifted_statistics_block; statistics.experts[k] is m×m, upper triangle filled) and, for a
+/// dense softmax gate, the objective, gradient and Hessian of its M-step at the current
+/// coefficients (softmax_objective_block; gate_l2 is the gate's penalty): one ordered
+/// reduction, so one pass over the data does the E-step, the experts' M-step statistics and
+/// the gate's first Newton evaluation.
+void e_step_with_statistics(const Model& model,
+                            const Dataset& data,
+                            double gate_l2,
+                            Matrix& h,
+                            Vector& log_norm,
+                            EStepStatistics& statistics);
 
 /// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows×q, leading
 /// dimension ldr).

@@ -467,9 +467,11 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     // rewritten in place by every E-step, and the n log-normalisers.
     Matrix h;
     Vector log_norm;
-    // The M-step statistics around the current experts, gathered by the E-step's pass.
-    std::vector<Matrix> stats;
-    detail::e_step_with_statistics(model, data, h, log_norm, stats);
+    // The M-step statistics around the current experts (and a softmax gate's Newton start),
+    // gathered by the E-step's pass.
+    detail::EStepStatistics stats;
+    const double gate_l2 = options.gate_options.gate_l2;
+    detail::e_step_with_statistics(model, data, gate_l2, h, log_norm, stats);
     double current = data.weights.dot(log_norm);
     if (!std::isfinite(current)) {
         result.model = std::move(model);
@@ -484,13 +486,17 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
     for (int it = 1; it <= options.max_iter; ++it) {
         Model candidate = model;
-        const ExpertUpdateReport experts_report = detail::update_experts_from(candidate.experts, data, h, reg, stats);
-        // A constant gate's sizes n_k = Σ w h_k are the (0, 0) entries of the statistics.
+        const ExpertUpdateReport experts_report =
+            detail::update_experts_from(candidate.experts, data, h, reg, stats.experts);
+        // A constant gate's sizes n_k = Σ w h_k are the (0, 0) entries of the statistics; a
+        // softmax gate's Newton iteration starts from what the E-step gathered.
         GateUpdateReport gate_report;
         if (auto* constant = std::get_if<ConstantGate>(&candidate.gate)) {
-            Vector sizes(static_cast<Index>(stats.size()));
-            for (std::size_t k = 0; k < stats.size(); ++k) sizes(static_cast<Index>(k)) = stats[k](0, 0);
+            Vector sizes(static_cast<Index>(stats.experts.size()));
+            for (std::size_t k = 0; k < stats.experts.size(); ++k) sizes(static_cast<Index>(k)) = stats.experts[k](0, 0);
             gate_report = update_constant_gate(*constant, sizes);
+        } else if (auto* softmax = std::get_if<SoftmaxGate>(&candidate.gate); softmax && stats.has_gate_start) {
+            gate_report = detail::update_softmax_gate_from(*softmax, data, h, options.gate_options, stats.gate_start);
         } else {
             gate_report = update_gate(candidate.gate, data, h, options.gate_options);
         }
@@ -498,7 +504,7 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
         // The candidate's E-step overwrites the buffers; a rejected (non-finite) candidate
         // ends the loop, and the final E-step below is the kept model's.
-        detail::e_step_with_statistics(candidate, data, h, log_norm, stats);
+        detail::e_step_with_statistics(candidate, data, gate_l2, h, log_norm, stats);
         const double value = data.weights.dot(log_norm);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,

@@ -9,6 +9,8 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <utility>
+#include <vector>
 
 namespace moekit {
 
@@ -105,7 +107,8 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
                                 const DesignColumns& design,
                                 const ConstVectorRef& weights,
                                 const ConstMatrixRef& targets,
-                                const GateOptions& options) {
+                                const GateOptions& options,
+                                const detail::SoftmaxStart* start = nullptr) {
     GateUpdateReport report;
     const Index K = coefficients.cols();
     const Index rows = coefficients.rows();
@@ -114,8 +117,16 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
     Matrix hessian;
     Vector trial_gradient;
     Matrix trial_hessian;
-    double current =
-        objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+    // The objective and its derivatives at the current coefficients: given (gathered by the
+    // E-step's pass, the same bits) or computed here.
+    double current = 0.0;
+    if (start) {
+        current = start->value;
+        gradient = start->gradient;
+        hessian = start->hessian;
+    } else {
+        current = objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+    }
     report.objective = current;
     if (K == 1) return report;
     for (int step = 0; step < options.newton_steps; ++step) {
@@ -285,11 +296,7 @@ double objective_impl(const SoftmaxGate& gate,
     const Index n = design.n;
     const Index K = gate.coefficients.cols();
     const Index m = design.m;
-    const Index F = K - 1;
-    const Index pairs = F * (F + 1) / 2;
     const bool want_gradient = gradient != nullptr || hessian != nullptr;
-    const Index grad_size = gradient ? m * F : 0;
-    const Index hess_size = hessian ? pairs * m * m : 0;
     const Matrix& v = gate.coefficients;
     struct Scratch {
         Matrix log_g;                       ///< block_rows × K
@@ -298,13 +305,11 @@ double objective_impl(const SoftmaxGate& gate,
         std::vector<double> norm;           ///< block_rows
         std::vector<const double*> columns; ///< the m design columns of the block
     };
-    double value = 0.0;
-    Matrix grad = Matrix::Zero(m, F);
-    std::vector<Matrix> blocks(static_cast<std::size_t>(hessian ? pairs : 0), Matrix::Zero(m, m));
+    detail::SoftmaxObjectiveTotals totals(m, K, gradient != nullptr, hessian != nullptr);
     std::vector<Scratch> scratch;
     detail::reduce_blocks(
         n,
-        1 + grad_size + hess_size,
+        totals.slot_size(),
         scratch,
         [&] {
             Scratch s;
@@ -321,16 +326,9 @@ double objective_impl(const SoftmaxGate& gate,
             for (Index j = 0; j < m; ++j) s.columns[static_cast<std::size_t>(j)] = design.column(j, begin);
             const double* w = weights.data() + begin;
             const Index ld = s.log_g.outerStride();
-            // Scores z̃_i V, then their row log-softmax.
-            for (Index k = 0; k < K; ++k) {
-                double* sk = s.log_g.data() + k * ld;
-                std::fill(sk, sk + rows, 0.0);
-                for (Index j = 0; j < m; ++j) {
-                    const double vjk = v(j, k);
-                    const double* dj = s.columns[static_cast<std::size_t>(j)];
-                    for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
-                }
-            }
+            // Scores z̃_i V (with the implicit intercept: its coefficient, then the inputs, as
+            // the E-step forms them), then their row log-softmax.
+            detail::linear_scores_block(v, s.columns.data(), design.intercept, rows, s.log_g.data(), ld);
             // Row log-softmax in place, and with derivatives also the probabilities g (one exp
             // per entry).
             const Index ldg = s.g.outerStride();
@@ -338,46 +336,258 @@ double objective_impl(const SoftmaxGate& gate,
                 detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
             else
                 detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
-            // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
-            for (Index k = 0; k < K; ++k)
-                slot[0] += detail::masked_weighted_sum_block(
-                    w, resp.data() + k * resp.outerStride() + begin, s.log_g.data() + k * ld, rows);
-            if (!want_gradient) return;
-            double* c = s.coef.data();
-            if (gradient) {
-                for (Index k = 1; k < K; ++k) {
-                    const double* h = resp.data() + k * resp.outerStride() + begin;
-                    const double* gk = s.g.data() + k * ldg;
-                    for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
-                    detail::dot_columns_block(s.columns.data(), m, c, rows, slot + 1 + (k - 1) * m);
-                }
-            }
-            if (hessian) {
-                double* h_slot = slot + 1 + grad_size;
-                Index pair = 0;
-                for (Index k = 1; k < K; ++k) {
-                    const double* gk = s.g.data() + k * ldg;
-                    for (Index l = k; l < K; ++l, ++pair) {
-                        const double* gl = s.g.data() + l * ldg;
-                        if (l == k)
-                            for (Index i = 0; i < rows; ++i) c[i] = -w[i] * gk[i] * (1.0 - gl[i]);
-                        else
-                            for (Index i = 0; i < rows; ++i) c[i] = w[i] * gk[i] * gl[i];
-                        detail::weighted_crossprod_block(c, s.columns.data(), rows, m, m, h_slot + pair * m * m);
-                    }
-                }
-            }
+            detail::softmax_objective_block(s.columns.data(), m, w, resp.data() + begin, resp.outerStride(), s.log_g.data(), ld,
+                                            s.g.data(), ldg, rows, K, gradient != nullptr, hessian != nullptr,
+                                            s.coef.data(), slot);
         },
-        [&](const double* slot, Index) {
-            value += slot[0];
-            if (gradient) grad += Eigen::Map<const Matrix>(slot + 1, m, F);
-            for (Index p = 0; p < static_cast<Index>(blocks.size()); ++p)
-                blocks[static_cast<std::size_t>(p)] += Eigen::Map<const Matrix>(slot + 1 + grad_size + p * m * m, m, m);
-        });
-    value -= penalty_of(v, gate_l2);
+        [&](const double* slot, Index) { totals.add(slot); });
+    return totals.finish(v, gate_l2, gradient, hessian);
+}
+
+} // namespace
+
+namespace detail {
+
+namespace {
+
+using Packet = Eigen::internal::packet_traits<double>::type;
+constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
+
+/// Pairs (k, l) of a register tile of the Hessian kernel: with 32 vector registers (AVX-512)
+/// six pairs × four entries of accumulators, else three × four (16 registers).
+#ifdef __AVX512F__
+constexpr int hessian_pair_tile = 6;
+#else
+constexpr int hessian_pair_tile = 3;
+#endif
+constexpr int hessian_entry_tile = 4;
+
+/// One register tile of the Hessian kernel over the packets of a chunk: for the PT coefficient
+/// rows c[p] and the T product columns (u_j u_l of entries e[t]), acc[p][t] += c[p] · u_j u_l,
+/// then added lane by lane to the packet accumulators `sums` (no horizontal sum per chunk).
+template <int PT>
+void hessian_tile(const double* const* c,
+                  const double* const* uj,
+                  const double* const* ul,
+                  Index packets,
+                  double* const* sums) {
+    using namespace Eigen::internal;
+    constexpr int T = hessian_entry_tile;
+    Packet acc[PT][T];
+    for (int p = 0; p < PT; ++p)
+        for (int t = 0; t < T; ++t) acc[p][t] = pset1<Packet>(0.0);
+    for (Index v = 0; v < packets; ++v) {
+        const Index i = v * packet_size;
+        Packet prod[T];
+        for (int t = 0; t < T; ++t) prod[t] = pmul(ploadu<Packet>(uj[t] + i), ploadu<Packet>(ul[t] + i));
+        for (int p = 0; p < PT; ++p) {
+            const Packet cp = ploadu<Packet>(c[p] + i);
+            for (int t = 0; t < T; ++t) acc[p][t] = pmadd(cp, prod[t], acc[p][t]);
+        }
+    }
+    for (int p = 0; p < PT; ++p)
+        for (int t = 0; t < T; ++t) {
+            double* sum = sums[p * T + t];
+            pstoreu(sum, padd(ploadu<Packet>(sum), acc[p][t]));
+        }
+}
+
+} // namespace
+
+void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
+    // Per sample a register sum, the same operations in the same order as a sweep per column
+    // (a multiply and an add each), so both kinds of design give the bits they always gave.
+    using namespace Eigen::internal;
+    const Index m = v.rows();
+    const Index first = intercept ? 1 : 0;
+    constexpr Index max_columns = 32;
+    for (Index k = 0; k < v.cols(); ++k) {
+        double* sk = out + k * ld;
+        const double start = intercept ? v(0, k) : 0.0;
+        if (m - first > max_columns) {
+            std::fill(sk, sk + rows, start);
+            for (Index j = first; j < m; ++j) {
+                const double vj = v(j, k);
+                const double* dj = columns[j];
+                for (Index i = 0; i < rows; ++i) sk[i] += vj * dj[i];
+            }
+            continue;
+        }
+        Packet vp[max_columns];
+        for (Index j = first; j < m; ++j) vp[j - first] = pset1<Packet>(v(j, k));
+        const Packet s0 = pset1<Packet>(start);
+        Index i = 0;
+        for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+            Packet a0 = s0;
+            Packet a1 = s0;
+            for (Index j = first; j < m; ++j) {
+                a0 = padd(a0, pmul(vp[j - first], ploadu<Packet>(columns[j] + i)));
+                a1 = padd(a1, pmul(vp[j - first], ploadu<Packet>(columns[j] + i + packet_size)));
+            }
+            pstoreu(sk + i, a0);
+            pstoreu(sk + i + packet_size, a1);
+        }
+        for (; i < rows; ++i) {
+            double a = start;
+            for (Index j = first; j < m; ++j) a += v(j, k) * columns[j][i];
+            sk[i] = a;
+        }
+    }
+}
+
+void softmax_hessian_block(const double* const* columns,
+                           Index m,
+                           const double* w,
+                           const double* g,
+                           Index ldg,
+                           Index rows,
+                           Index K,
+                           double* out) {
+    // The blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ for all pairs 1 <= k <= l < K in one
+    // sweep: per chunk of rows the pair coefficients c_kl,i are formed once (in L1), then
+    // register tiles of (pairs × entries z̃_j z̃_l) accumulate c · z̃_j z̃_l per lane; lanes
+    // are summed once at the end. Fixed order: chunks, packets, lanes, then the scalar tail.
+    using namespace Eigen::internal;
+    const Index F = K - 1;
+    const Index P = F * (F + 1) / 2;
+    const Index E = m * (m + 1) / 2;
+    constexpr int T = hessian_entry_tile;
+    const Index E_padded = (E + T - 1) / T * T;
+    const Index P_padded = (P + hessian_pair_tile - 1) / hessian_pair_tile * hessian_pair_tile;
+    // Chunk rows: the P coefficient rows of a chunk take at most ~16 KB of L1.
+    const Index chunk = std::max<Index>(4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
+    // Work space per thread, kept between calls (no allocation per block once sized).
+    thread_local std::vector<double> coef;
+    thread_local std::vector<double> sums;
+    thread_local std::vector<double> zeros;
+    thread_local std::vector<Index> ej;
+    thread_local std::vector<Index> el;
+    thread_local std::vector<std::pair<Index, Index>> pair_of;
+    coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
+    sums.assign(static_cast<std::size_t>(P_padded * E_padded * packet_size), 0.0);
+    zeros.assign(static_cast<std::size_t>(chunk), 0.0);
+    // Entry e = (j, l), j <= l, in the order of the upper triangle by columns.
+    ej.clear();
+    el.clear();
+    for (Index l = 0; l < m; ++l)
+        for (Index j = 0; j <= l; ++j) {
+            ej.push_back(j);
+            el.push_back(l);
+        }
+    pair_of.clear();
+    for (Index k = 1; k < K; ++k)
+        for (Index l = k; l < K; ++l) pair_of.emplace_back(k, l);
+    const Index full_rows = rows / packet_size * packet_size;
+    for (Index i0 = 0; i0 < full_rows; i0 += chunk) {
+        const Index c = std::min(chunk, full_rows - i0);
+        for (Index p = 0; p < P; ++p) {
+            const auto [k, l] = pair_of[static_cast<std::size_t>(p)];
+            const double* gk = g + k * ldg + i0;
+            const double* gl = g + l * ldg + i0;
+            const double* wi = w + i0;
+            double* cp = coef.data() + p * chunk;
+            if (l == k)
+                for (Index i = 0; i < c; ++i) cp[i] = -wi[i] * gk[i] * (1.0 - gl[i]);
+            else
+                for (Index i = 0; i < c; ++i) cp[i] = wi[i] * gk[i] * gl[i];
+        }
+        for (Index p0 = 0; p0 < P_padded; p0 += hessian_pair_tile) {
+            const double* cptr[hessian_pair_tile];
+            for (int p = 0; p < hessian_pair_tile; ++p) cptr[p] = coef.data() + (p0 + p) * chunk;
+            for (Index e0 = 0; e0 < E_padded; e0 += T) {
+                const double* uj[T];
+                const double* ul[T];
+                double* sptr[hessian_pair_tile * T];
+                for (int t = 0; t < T; ++t) {
+                    const Index e = e0 + t;
+                    uj[t] = e < E ? columns[ej[static_cast<std::size_t>(e)]] + i0 : zeros.data();
+                    ul[t] = e < E ? columns[el[static_cast<std::size_t>(e)]] + i0 : zeros.data();
+                }
+                for (int p = 0; p < hessian_pair_tile; ++p)
+                    for (int t = 0; t < T; ++t)
+                        sptr[p * T + t] = sums.data() + ((p0 + p) * E_padded + e0 + t) * packet_size;
+                hessian_tile<hessian_pair_tile>(cptr, uj, ul, c / packet_size, sptr);
+            }
+        }
+    }
+    // Lanes summed in order, then the rows past the last full packet.
+    for (Index p = 0; p < P; ++p) {
+        const auto [k, l] = pair_of[static_cast<std::size_t>(p)];
+        double* block = out + p * m * m;
+        for (Index e = 0; e < E; ++e) {
+            const double* lanes = sums.data() + (p * E_padded + e) * packet_size;
+            double total = 0.0;
+            for (Index t = 0; t < packet_size; ++t) total += lanes[t];
+            const Index j = ej[static_cast<std::size_t>(e)];
+            const Index jl = el[static_cast<std::size_t>(e)];
+            for (Index i = full_rows; i < rows; ++i) {
+                const double ci = l == k ? -w[i] * g[k * ldg + i] * (1.0 - g[l * ldg + i]) : w[i] * g[k * ldg + i] * g[l * ldg + i];
+                total += ci * (columns[j][i] * columns[jl][i]);
+            }
+            block[j + jl * m] = total;
+        }
+    }
+}
+
+void softmax_objective_block(const double* const* columns,
+                             Index m,
+                             const double* w,
+                             const double* resp,
+                             Index ld_resp,
+                             const double* log_g,
+                             Index ld_log_g,
+                             const double* g,
+                             Index ldg,
+                             Index rows,
+                             Index K,
+                             bool gradient,
+                             bool hessian,
+                             double* c,
+                             double* slot) {
+    const Index F = K - 1;
+    // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
+    for (Index k = 0; k < K; ++k)
+        slot[0] += masked_weighted_sum_block(w, resp + k * ld_resp, log_g + k * ld_log_g, rows);
     if (gradient) {
-        if (m > 1) grad.bottomRows(m - 1) -= gate_l2 * v.rightCols(F).bottomRows(m - 1);
-        *gradient = Eigen::Map<const Vector>(grad.data(), m * F);
+        // Σ_i w_i z̃_i (h_ik − g_ik) for the free columns k >= 1.
+        for (Index k = 1; k < K; ++k) {
+            const double* h = resp + k * ld_resp;
+            const double* gk = g + k * ldg;
+            for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
+            dot_columns_block(columns, m, c, rows, slot + 1 + (k - 1) * m);
+        }
+    }
+    // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ, upper triangles of the blocks k <= l.
+    if (hessian) softmax_hessian_block(columns, m, w, g, ldg, rows, K, slot + 1 + (gradient ? m * F : 0));
+}
+
+SoftmaxObjectiveTotals::SoftmaxObjectiveTotals(Index m, Index K, bool gradient, bool hessian)
+    : m_(m),
+      free_(K - 1),
+      gradient_(gradient),
+      grad_(Matrix::Zero(m, K - 1)),
+      blocks_(static_cast<std::size_t>(hessian ? (K - 1) * K / 2 : 0), Matrix::Zero(m, m)) {}
+
+Index SoftmaxObjectiveTotals::slot_size() const {
+    return 1 + (gradient_ ? m_ * free_ : 0) + static_cast<Index>(blocks_.size()) * m_ * m_;
+}
+
+void SoftmaxObjectiveTotals::add(const double* slot) {
+    value_ += slot[0];
+    const Index grad_size = gradient_ ? m_ * free_ : 0;
+    if (gradient_) grad_ += Eigen::Map<const Matrix>(slot + 1, m_, free_);
+    for (Index p = 0; p < static_cast<Index>(blocks_.size()); ++p)
+        blocks_[static_cast<std::size_t>(p)] += Eigen::Map<const Matrix>(slot + 1 + grad_size + p * m_ * m_, m_, m_);
+}
+
+double SoftmaxObjectiveTotals::finish(const Matrix& v, double gate_l2, Vector* gradient, Matrix* hessian) {
+    const Index m = m_;
+    const Index F = free_;
+    const Index K = F + 1;
+    double value = value_ - penalty_of(v, gate_l2);
+    if (gradient) {
+        if (m > 1) grad_.bottomRows(m - 1) -= gate_l2 * v.rightCols(F).bottomRows(m - 1);
+        *gradient = Eigen::Map<const Vector>(grad_.data(), m * F);
     }
     if (hessian) {
         const Index P = m * F;
@@ -385,7 +595,7 @@ double objective_impl(const SoftmaxGate& gate,
         Index pair = 0;
         for (Index k = 1; k < K; ++k) {
             for (Index l = k; l < K; ++l, ++pair) {
-                Matrix& block = blocks[static_cast<std::size_t>(pair)];
+                Matrix& block = blocks_[static_cast<std::size_t>(pair)];
                 block.triangularView<Eigen::StrictlyLower>() = block.transpose();
                 hessian->block((k - 1) * m, (l - 1) * m, m, m) = block;
                 if (l != k) hessian->block((l - 1) * m, (k - 1) * m, m, m) = block.transpose();
@@ -396,7 +606,7 @@ double objective_impl(const SoftmaxGate& gate,
     return value;
 }
 
-} // namespace
+} // namespace detail
 
 Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
     return std::visit(
@@ -415,6 +625,14 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
             }
         },
         gate);
+}
+
+GateUpdateReport detail::update_softmax_gate_from(SoftmaxGate& gate,
+                                                  const Dataset& data,
+                                                  const ConstMatrixRef& resp,
+                                                  const GateOptions& options,
+                                                  const SoftmaxStart& start) {
+    return newton_softmax(gate.coefficients, columns_of(data), data.weights, resp, options, &start);
 }
 
 GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,23 @@ Matrix unblocked_gate(const Model& model, const Dataset& data) {
     return gate_log_probabilities(model, data);
 }
 
+/// The softmax gate's scores z̃_i V for rows [begin, begin + rows), to out[i + k·ld]: the
+/// intercept, then each input in order (a multiply and an add each; the gate's Newton passes
+/// form them in the same order, so both give the same bits).
+void gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld) {
+    constexpr Index max_inline = 64;
+    const double* columns[max_inline];
+    std::vector<const double*> many;
+    const double** cols = columns;
+    if (v.rows() > max_inline) {
+        many.resize(static_cast<std::size_t>(v.rows()));
+        cols = many.data();
+    }
+    cols[0] = detail::ones_column();
+    for (Index l = 0; l + 1 < v.rows(); ++l) cols[l + 1] = data.z.data() + l * data.z.outerStride() + begin;
+    detail::linear_scores_block(v, cols, true, rows, out, ld);
+}
+
 /// log g_k(z_i) + log p_k(y_i | x_i) for rows [begin, begin + rows), written to out[i + k·ld].
 void joint_block(const Model& model,
                  const Dataset& data,
@@ -64,18 +82,9 @@ void joint_block(const Model& model,
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
     } else if (const auto* g = std::get_if<SoftmaxGate>(&model.gate)) {
         // log softmax(Vᵀ z̃_i), as gate_log_probabilities: scores z̃_i V, then the row log-softmax.
-        const Matrix& v = g->coefficients;
         double* scores = s.gate.data();
         const Index lds = s.gate.outerStride();
-        for (Index k = 0; k < K; ++k) {
-            double* sk = scores + k * lds;
-            std::fill(sk, sk + rows, v(0, k));
-            for (Index l = 0; l + 1 < v.rows(); ++l) {
-                const double vl = v(l + 1, k);
-                const double* zl = data.z.data() + l * data.z.outerStride() + begin;
-                for (Index i = 0; i < rows; ++i) sk[i] += vl * zl[i];
-            }
-        }
+        gate_scores_block(g->coefficients, data, begin, rows, scores, lds);
         double norm[detail::block_rows];
         detail::log_softmax_block(scores, lds, rows, K, norm);
         for (Index k = 0; k < K; ++k)
@@ -150,13 +159,15 @@ void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Ve
 
 void detail::e_step_with_statistics(const Model& model,
                                     const Dataset& data,
+                                    double gate_l2,
                                     Matrix& h,
                                     Vector& log_norm,
-                                    std::vector<Matrix>& statistics) {
+                                    EStepStatistics& statistics) {
     // e_step_probabilities, with the M-step statistics of each block gathered right after its
-    // responsibilities, while the block's data and h are in cache; the statistics are an ordered
-    // reduction over the blocks (reduce_blocks), so bit-identical for any number of threads
-    // and to update_experts' own pass.
+    // responsibilities, while the block's data and h are in cache. The statistics are an
+    // ordered reduction over the blocks (reduce_blocks): bit-identical for any number of
+    // threads, and to the passes of update_experts and of the gate's Newton iteration, which
+    // compute each block with the same kernels.
     const Index n = data.n_samples();
     const Index K = model.n_experts();
     const ExpertKind kind = model.experts.kind;
@@ -164,27 +175,75 @@ void detail::e_step_with_statistics(const Model& model,
     const bool diagonal = diagonal_statistics(model.experts.covariance_type);
     h.resize(n, K);
     log_norm.resize(n);
-    statistics.assign(static_cast<std::size_t>(K), Matrix::Zero(m, m));
+    statistics.experts.assign(static_cast<std::size_t>(K), Matrix::Zero(m, m));
     const Matrix gate_log = unblocked_gate(model, data);
+    // A dense softmax gate (K > 1): its scores and log-softmax are computed here anyway; with
+    // the probabilities g kept, the block's share of the gate's Newton start follows from h.
+    const SoftmaxGate* softmax = gate_log.size() == 0 ? std::get_if<SoftmaxGate>(&model.gate) : nullptr;
+    if (softmax && K < 2) softmax = nullptr;
+    const Index mg = data.z.cols() + 1;
+    std::optional<SoftmaxObjectiveTotals> gate_totals;
+    if (softmax) gate_totals.emplace(mg, K, true, true);
+    const Index expert_slot = K * m * m;
     struct Scratch {
         JointScratch joint;
         StatisticsScratch stats;
+        Matrix g;                           ///< block_rows × K gate probabilities
+        std::vector<double> norm;           ///< block_rows
+        std::vector<double> coef;           ///< block_rows
+        std::vector<const double*> columns; ///< the gate design columns of a block
     };
     std::vector<Scratch> scratch;
     const ConstMatrixRef resp(h);
     reduce_blocks(
         n,
-        K * m * m,
+        expert_slot + (gate_totals ? gate_totals->slot_size() : 0),
         scratch,
-        [&] { return Scratch{make_joint_scratch(model), make_statistics_scratch(kind, data)}; },
+        [&] {
+            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), {}, {}, {}};
+            if (softmax) {
+                s.g.resize(block_rows, K);
+                s.norm.resize(static_cast<std::size_t>(block_rows));
+                s.coef.resize(static_cast<std::size_t>(block_rows));
+                s.columns.resize(static_cast<std::size_t>(mg));
+            }
+            return s;
+        },
         [&](Index b, double* slot, Scratch& s) {
             const Index begin = block_begin(b);
             const Index rows = block_size(b, n);
-            joint_block(model, data, gate_log, begin, rows, h.data() + begin, n, s.joint);
-            softmax_block(h.data() + begin, n, rows, K, log_norm.data() + begin);
+            double* out = h.data() + begin;
+            if (!softmax) {
+                joint_block(model, data, gate_log, begin, rows, out, n, s.joint);
+            } else {
+                // As joint_block, with softmax_block in place of log_softmax_block: the same
+                // log-probabilities, plus the probabilities g.
+                expert_log_densities_block(model.experts, data, begin, rows, out, n, s.joint.experts);
+                s.columns[0] = ones_column();
+                for (Index j = 1; j < mg; ++j)
+                    s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
+                gate_scores_block(softmax->coefficients, data, begin, rows, s.joint.gate.data(), s.joint.gate.outerStride());
+                const Index lds = s.joint.gate.outerStride();
+                softmax_block(s.joint.gate.data(), lds, rows, K, s.norm.data(), s.g.data(), s.g.outerStride());
+                for (Index k = 0; k < K; ++k)
+                    Eigen::Map<Eigen::ArrayXd>(out + k * n, rows) +=
+                        Eigen::Map<const Eigen::ArrayXd>(s.joint.gate.data() + k * lds, rows);
+            }
+            softmax_block(out, n, rows, K, log_norm.data() + begin);
             shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats);
+            if (softmax)
+                softmax_objective_block(s.columns.data(), mg, data.weights.data() + begin, out, n,
+                                        s.joint.gate.data(), s.joint.gate.outerStride(), s.g.data(), s.g.outerStride(),
+                                        rows, K, true, true, s.coef.data(), slot + expert_slot);
         },
-        [&](const double* slot, Index) { add_statistics(statistics, slot); });
+        [&](const double* slot, Index) {
+            add_statistics(statistics.experts, slot);
+            if (gate_totals) gate_totals->add(slot + expert_slot);
+        });
+    statistics.has_gate_start = softmax != nullptr;
+    if (softmax)
+        statistics.gate_start.value = gate_totals->finish(softmax->coefficients, gate_l2, &statistics.gate_start.gradient,
+                                                          &statistics.gate_start.hessian);
 }
 
 Vector log_likelihood_samples(const Model& model, const Dataset& data) {

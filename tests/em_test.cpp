@@ -17,6 +17,7 @@
 #include <numbers>
 #include <string>
 #include <variant>
+#include <utility>
 #include <vector>
 
 using moekit::ConstantGate;
@@ -496,4 +497,101 @@ TEST_CASE("aic and bic follow their definitions", "[em]") {
     REQUIRE(moekit::bic(-100.0, 5, 100.0) == Approx(200.0 + 5.0 * std::log(100.0)).epsilon(1e-15));
     REQUIRE(moekit::bic(145.416848157236, 7, 150.0) ==
             Approx(-255.759249255798).epsilon(1e-12)); // tonedata
+}
+
+namespace {
+
+/// EM written with the public passes, one per step: e_step_probabilities, update_experts,
+/// update_gate; `iterations` iterations from `init`. The reference for fit_em, whose E-step pass
+/// also gathers the experts' M-step statistics and the softmax gate's Newton start.
+std::pair<Model, std::vector<double>> separate_pass_em(const moekit::Dataset& data,
+                                                       Model model,
+                                                       const FitOptions& options,
+                                                       int iterations) {
+    moekit::ExpertRegularization reg = options.regularization;
+    if (reg.reg_covar != 0.0) reg.scale = moekit::target_scale(data);
+    std::vector<double> trace;
+    Matrix h;
+    Vector log_norm;
+    moekit::e_step_probabilities(model, data, h, log_norm);
+    trace.push_back(data.weights.dot(log_norm));
+    for (int it = 0; it < iterations; ++it) {
+        moekit::update_experts(model.experts, data, h, reg);
+        moekit::update_gate(model.gate, data, h, options.gate_options);
+        moekit::e_step_probabilities(model, data, h, log_norm);
+        trace.push_back(data.weights.dot(log_norm));
+    }
+    return {model, trace};
+}
+
+/// A three-regime regression with a gate input, n rows (several sample blocks), some weights.
+moekit::Dataset three_regimes(Index n) {
+    moekit::Rng rng(77);
+    Matrix y(n, 2);
+    Matrix x(n, 2);
+    Matrix z(n, 1);
+    Vector w(n);
+    for (Index i = 0; i < n; ++i) {
+        const double t = 6.0 * moekit::uniform01(rng) - 3.0;
+        x(i, 0) = t;
+        x(i, 1) = moekit::standard_normal(rng);
+        z(i, 0) = t;
+        const int regime = t < -1.0 ? 0 : (t < 1.0 ? 1 : 2);
+        const double slope = regime == 0 ? -2.0 : (regime == 1 ? 0.5 : 3.0);
+        y(i, 0) = slope * t + 0.3 * x(i, 1) + 0.2 * moekit::standard_normal(rng) + 100.0;
+        y(i, 1) = -slope * t + 0.1 * moekit::standard_normal(rng) + 0.5 * y(i, 0);
+        w(i) = 0.5 + moekit::uniform01(rng);
+    }
+    moekit::Dataset data = moekit::make_dataset(y, x, z);
+    data.weights = w;
+    return data;
+}
+
+} // namespace
+
+TEST_CASE("fit_em's one pass per iteration gives the separate passes' EM path", "[em]") {
+    // fit_em gathers the experts' M-step statistics and a softmax gate's first Newton
+    // evaluation in the E-step's pass (same kernels, same block order): with a softmax gate the
+    // path is bit-identical to EM built from e_step_probabilities, update_experts and
+    // update_gate; with a constant gate the mixing weights come from the statistics' sums
+    // Σ w h_k instead of a separate column sum, equal to rounding.
+    const Index n = 9001; // three sample blocks, the last partial
+    const moekit::Dataset data = three_regimes(n);
+    for (const CovarianceType type :
+         {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
+        for (const GateKind gate : {GateKind::Softmax, GateKind::Constant}) {
+            for (const double reg_covar : {0.0, 1e-6}) {
+                INFO("covariance " << moekit::to_string(type) << ", gate " << moekit::to_string(gate)
+                                   << ", reg_covar " << reg_covar);
+                FitOptions options;
+                options.expert = ExpertKind::Linear;
+                options.gate = gate;
+                options.covariance = type;
+                options.n_experts = 3;
+                options.regularization.reg_covar = reg_covar;
+                options.seed = 3;
+                options.max_iter = 6;
+                options.tol = 0.0;
+                moekit::Rng rng(11);
+                const Model init = moekit::initialize(data, options, rng);
+                const FitResult fused = moekit::fit_em(data, init, options);
+                REQUIRE(fused.iterations == 6);
+                const auto [reference, trace] = separate_pass_em(data, init, options, 6);
+                REQUIRE(fused.trace.size() == trace.size());
+                if (gate == GateKind::Softmax) {
+                    REQUIRE(fused.trace == trace);
+                    require_identical(fused.model, reference);
+                } else {
+                    for (std::size_t t = 0; t < trace.size(); ++t)
+                        REQUIRE(fused.trace[t] == Approx(trace[t]).epsilon(1e-13));
+                    const Vector& a = std::get<ConstantGate>(fused.model.gate).weights;
+                    const Vector& b = std::get<ConstantGate>(reference.gate).weights;
+                    REQUIRE(moekit_test::max_abs_diff(a, b) <= 1e-13);
+                    for (std::size_t k = 0; k < 3; ++k)
+                        REQUIRE(moekit_test::max_abs_diff(fused.model.experts.coefficients[k],
+                                                          reference.experts.coefficients[k]) <= 1e-10);
+                }
+            }
+        }
+    }
 }

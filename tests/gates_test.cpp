@@ -342,3 +342,46 @@ TEST_CASE("softmax gate objective: the same bits with and without derivatives, a
     REQUIRE(report.objective ==
             moekit::softmax_gate_objective(std::get<SoftmaxGate>(updated), moekit::gate_design(data), p.w, p.h, lambda));
 }
+
+TEST_CASE("softmax gate Hessian equals the naive sum for many blocks, classes and inputs", "[gates]") {
+    // The Hessian kernel sweeps all class pairs at once in register tiles (padded pairs and
+    // entries, chunks of rows, a scalar tail): against −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
+    // summed naively in long double, over three sample blocks (the last partial) and shapes
+    // that leave every kind of padding.
+    const Index n = 9001;
+    for (const Index g : {0, 1, 4, 7}) {
+        for (const Index K : {2, 3, 5, 8}) {
+            INFO("g = " << g << ", K = " << K);
+            const Problem p = random_problem(300 + static_cast<std::uint64_t>(7 * g + K), n, g, K);
+            const Matrix design = naive_design(p.z);
+            const double lambda = 0.25;
+            Vector gradient;
+            Matrix hessian;
+            moekit::softmax_gate_objective(SoftmaxGate{p.v}, design, p.w, p.h, lambda, &gradient, &hessian);
+            const Index m = g + 1;
+            const Index P = m * (K - 1);
+            REQUIRE(hessian.rows() == P);
+            std::vector<long double> naive(static_cast<std::size_t>(P * P), 0.0L);
+            for (Index i = 0; i < n; ++i) {
+                const std::vector<double> gi = moekit_test::naive_softmax(moekit_test::naive_gate_scores(p.z, i, p.v));
+                for (Index k = 1; k < K; ++k)
+                    for (Index l = 1; l < K; ++l) {
+                        const long double c = static_cast<long double>(p.w(i)) * gi[static_cast<std::size_t>(k)] *
+                                              ((k == l ? 1.0L : 0.0L) - gi[static_cast<std::size_t>(l)]);
+                        for (Index a = 0; a < m; ++a)
+                            for (Index b = 0; b < m; ++b)
+                                naive[static_cast<std::size_t>(((k - 1) * m + a) * P + (l - 1) * m + b)] -=
+                                    c * design(i, a) * design(i, b);
+                    }
+            }
+            double scale = 0.0;
+            for (const long double v : naive) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+            for (Index r = 0; r < P; ++r)
+                for (Index c = 0; c < P; ++c) {
+                    double expected = static_cast<double>(naive[static_cast<std::size_t>(r * P + c)]);
+                    if (r == c && r % m != 0) expected -= lambda; // the penalty, intercepts excluded
+                    REQUIRE(std::fabs(hessian(r, c) - expected) <= 1e-12 * scale);
+                }
+        }
+    }
+}
