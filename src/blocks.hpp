@@ -202,6 +202,9 @@ struct StatisticsScratch {
     std::vector<const double*> columns; ///< m
     Matrix part;                        ///< m × m, one sub-block's cross products
     std::vector<double> diag;           ///< q
+    std::vector<double> gram;           ///< K × p × p: linear experts' X̃ᵀAX̃ of a block
+    std::vector<double> product;        ///< statistics_sub_block: a ∘ r_t
+    std::vector<double> dots;           ///< p
 };
 
 /// m = p + q, the side of an expert's M-step statistics (p = d + 1 design columns for linear

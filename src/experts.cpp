@@ -2,6 +2,7 @@
 
 #include "blocks.hpp"
 #include "detail.hpp"
+#include "multi_crossprod.hpp"
 #include "moekit/errors.hpp"
 
 #include <algorithm>
@@ -369,6 +370,8 @@ StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data) 
     s.columns.resize(static_cast<std::size_t>(m));
     s.part = Matrix::Zero(m, m);
     s.diag.resize(static_cast<std::size_t>(q));
+    s.product.resize(static_cast<std::size_t>(statistics_sub_block));
+    s.dots.resize(static_cast<std::size_t>(m));
     return s;
 }
 
@@ -390,8 +393,67 @@ void shifted_statistics_block(ExpertKind kind,
     const Index b_rows = block_size(b, n);
     double* r = s.residuals.data();
     const Index ldr = s.residuals.outerStride();
-    // Sub-blocks of statistics_sub_block rows: their residuals and weights stay in L1 between
-    // being formed and being read by the cross products (a whole block's would live in L2).
+    if (kind == ExpertKind::Linear) {
+        // G_k = X̃ᵀ A_k X̃ does not depend on the coefficients: all experts in one sweep of the
+        // block over the shared design columns (multi_crossprod_block, weights a_k = w h_k).
+        s.columns[0] = ones_column();
+        for (Index l = 0; l < d; ++l)
+            s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + b_begin;
+        s.gram.resize(static_cast<std::size_t>(K * p * p));
+        const double* w = data.weights.data() + b_begin;
+        multi_crossprod_block(
+            s.columns.data(), p, b_rows, K,
+            [&](Index i0, Index count, double* const* c) {
+                for (Index k = 0; k < K; ++k) {
+                    double* ck = c[k];
+                    if (resp.cols() == 0) {
+                        std::copy(w + i0, w + i0 + count, ck);
+                        continue;
+                    }
+                    const double* h = resp.data() + k * resp.outerStride() + b_begin + i0;
+                    for (Index i = 0; i < count; ++i) ck[i] = w[i0 + i] * h[i];
+                }
+            },
+            s.gram.data());
+        for (Index k = 0; k < K; ++k)
+            for (Index l = 0; l < p; ++l)
+                for (Index j = 0; j <= l; ++j) slot[k * m * m + j + l * m] += s.gram[static_cast<std::size_t>(k * p * p + j + l * p)];
+        // B = X̃ᵀ A R and C = Rᵀ A R around the current coefficients, by sub-blocks whose
+        // residuals stay in L1.
+        for (Index first = 0; first < b_rows; first += statistics_sub_block) {
+            const Index begin = b_begin + first;
+            const Index rows = std::min(statistics_sub_block, b_rows - first);
+            for (Index l = 0; l < d; ++l)
+                s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+            for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
+            const double* const* rc = s.columns.data() + p;
+            for (Index k = 0; k < K; ++k) {
+                residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
+                block_weights(data, resp, k, begin, rows, s.weights.data());
+                double* out = slot + k * m * m;
+                const double* a = s.weights.data();
+                for (Index t = 0; t < q; ++t) {
+                    const double* rt = rc[t];
+                    double* ar = s.product.data();
+                    for (Index i = 0; i < rows; ++i) ar[i] = a[i] * rt[i];
+                    dot_columns_block(s.columns.data(), p, ar, rows, s.dots.data());
+                    for (Index j = 0; j < p; ++j) out[j + (p + t) * m] += s.dots[static_cast<std::size_t>(j)];
+                }
+                if (diagonal_only) {
+                    weighted_sumsq_block(a, rc, rows, q, s.diag.data());
+                    for (Index t = 0; t < q; ++t) out[(p + t) + (p + t) * m] += s.diag[static_cast<std::size_t>(t)];
+                } else {
+                    weighted_crossprod_block(a, rc, rows, q, q, s.part.data());
+                    for (Index col = 0; col < q; ++col)
+                        for (Index row = 0; row <= col; ++row) out[(p + row) + (p + col) * m] += s.part(row, col);
+                }
+            }
+        }
+        return;
+    }
+    // Gaussian experts (the design is the column of ones): sub-blocks of statistics_sub_block
+    // rows, whose residuals and weights stay in L1 between being formed and being read by the
+    // cross products (a whole block's would live in L2).
     for (Index first = 0; first < b_rows; first += statistics_sub_block) {
         const Index begin = b_begin + first;
         const Index rows = std::min(statistics_sub_block, b_rows - first);

@@ -2,6 +2,7 @@
 
 #include "blocks.hpp"
 #include "detail.hpp"
+#include "multi_crossprod.hpp"
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"
 
@@ -353,45 +354,6 @@ namespace {
 using Packet = Eigen::internal::packet_traits<double>::type;
 constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 
-/// Pairs (k, l) of a register tile of the Hessian kernel: with 32 vector registers (AVX-512)
-/// six pairs × four entries of accumulators, else three × four (16 registers).
-#ifdef __AVX512F__
-constexpr int hessian_pair_tile = 6;
-#else
-constexpr int hessian_pair_tile = 3;
-#endif
-constexpr int hessian_entry_tile = 4;
-
-/// One register tile of the Hessian kernel over the packets of a chunk: for the PT coefficient
-/// rows c[p] and the T product columns (u_j u_l of entries e[t]), acc[p][t] += c[p] · u_j u_l,
-/// then added lane by lane to the packet accumulators `sums` (no horizontal sum per chunk).
-template <int PT>
-void hessian_tile(const double* const* c,
-                  const double* const* uj,
-                  const double* const* ul,
-                  Index packets,
-                  double* const* sums) {
-    using namespace Eigen::internal;
-    constexpr int T = hessian_entry_tile;
-    Packet acc[PT][T];
-    for (int p = 0; p < PT; ++p)
-        for (int t = 0; t < T; ++t) acc[p][t] = pset1<Packet>(0.0);
-    for (Index v = 0; v < packets; ++v) {
-        const Index i = v * packet_size;
-        Packet prod[T];
-        for (int t = 0; t < T; ++t) prod[t] = pmul(ploadu<Packet>(uj[t] + i), ploadu<Packet>(ul[t] + i));
-        for (int p = 0; p < PT; ++p) {
-            const Packet cp = ploadu<Packet>(c[p] + i);
-            for (int t = 0; t < T; ++t) acc[p][t] = pmadd(cp, prod[t], acc[p][t]);
-        }
-    }
-    for (int p = 0; p < PT; ++p)
-        for (int t = 0; t < T; ++t) {
-            double* sum = sums[p * T + t];
-            pstoreu(sum, padd(ploadu<Packet>(sum), acc[p][t]));
-        }
-}
-
 } // namespace
 
 void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
@@ -444,89 +406,27 @@ void softmax_hessian_block(const double* const* columns,
                            Index K,
                            double* out) {
     // The blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ for all pairs 1 <= k <= l < K in one
-    // sweep: per chunk of rows the pair coefficients c_kl,i are formed once (in L1), then
-    // register tiles of (pairs × entries z̃_j z̃_l) accumulate c · z̃_j z̃_l per lane; lanes
-    // are summed once at the end. Fixed order: chunks, packets, lanes, then the scalar tail.
-    using namespace Eigen::internal;
-    const Index F = K - 1;
-    const Index P = F * (F + 1) / 2;
-    const Index E = m * (m + 1) / 2;
-    constexpr int T = hessian_entry_tile;
-    const Index E_padded = (E + T - 1) / T * T;
-    const Index P_padded = (P + hessian_pair_tile - 1) / hessian_pair_tile * hessian_pair_tile;
-    // Chunk rows: the P coefficient rows of a chunk take at most ~16 KB of L1.
-    const Index chunk = std::max<Index>(4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
-    // Work space per thread, kept between calls (no allocation per block once sized).
-    thread_local std::vector<double> coef;
-    thread_local std::vector<double> sums;
-    thread_local std::vector<double> zeros;
-    thread_local std::vector<Index> ej;
-    thread_local std::vector<Index> el;
-    thread_local std::vector<std::pair<Index, Index>> pair_of;
-    coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
-    sums.assign(static_cast<std::size_t>(P_padded * E_padded * packet_size), 0.0);
-    zeros.assign(static_cast<std::size_t>(chunk), 0.0);
-    // Entry e = (j, l), j <= l, in the order of the upper triangle by columns.
-    ej.clear();
-    el.clear();
-    for (Index l = 0; l < m; ++l)
-        for (Index j = 0; j <= l; ++j) {
-            ej.push_back(j);
-            el.push_back(l);
-        }
-    pair_of.clear();
+    // sweep (multi_crossprod_block): per chunk of rows the pair weights c_kl,i are formed once.
+    thread_local std::vector<std::pair<Index, Index>> pairs;
+    pairs.clear();
     for (Index k = 1; k < K; ++k)
-        for (Index l = k; l < K; ++l) pair_of.emplace_back(k, l);
-    const Index full_rows = rows / packet_size * packet_size;
-    for (Index i0 = 0; i0 < full_rows; i0 += chunk) {
-        const Index c = std::min(chunk, full_rows - i0);
-        for (Index p = 0; p < P; ++p) {
-            const auto [k, l] = pair_of[static_cast<std::size_t>(p)];
-            const double* gk = g + k * ldg + i0;
-            const double* gl = g + l * ldg + i0;
+        for (Index l = k; l < K; ++l) pairs.emplace_back(k, l);
+    multi_crossprod_block(
+        columns, m, rows, static_cast<Index>(pairs.size()),
+        [&](Index i0, Index count, double* const* c) {
             const double* wi = w + i0;
-            double* cp = coef.data() + p * chunk;
-            if (l == k)
-                for (Index i = 0; i < c; ++i) cp[i] = -wi[i] * gk[i] * (1.0 - gl[i]);
-            else
-                for (Index i = 0; i < c; ++i) cp[i] = wi[i] * gk[i] * gl[i];
-        }
-        for (Index p0 = 0; p0 < P_padded; p0 += hessian_pair_tile) {
-            const double* cptr[hessian_pair_tile];
-            for (int p = 0; p < hessian_pair_tile; ++p) cptr[p] = coef.data() + (p0 + p) * chunk;
-            for (Index e0 = 0; e0 < E_padded; e0 += T) {
-                const double* uj[T];
-                const double* ul[T];
-                double* sptr[hessian_pair_tile * T];
-                for (int t = 0; t < T; ++t) {
-                    const Index e = e0 + t;
-                    uj[t] = e < E ? columns[ej[static_cast<std::size_t>(e)]] + i0 : zeros.data();
-                    ul[t] = e < E ? columns[el[static_cast<std::size_t>(e)]] + i0 : zeros.data();
-                }
-                for (int p = 0; p < hessian_pair_tile; ++p)
-                    for (int t = 0; t < T; ++t)
-                        sptr[p * T + t] = sums.data() + ((p0 + p) * E_padded + e0 + t) * packet_size;
-                hessian_tile<hessian_pair_tile>(cptr, uj, ul, c / packet_size, sptr);
+            for (std::size_t p = 0; p < pairs.size(); ++p) {
+                const auto [k, l] = pairs[p];
+                const double* gk = g + k * ldg + i0;
+                const double* gl = g + l * ldg + i0;
+                double* cp = c[p];
+                if (l == k)
+                    for (Index i = 0; i < count; ++i) cp[i] = -wi[i] * gk[i] * (1.0 - gl[i]);
+                else
+                    for (Index i = 0; i < count; ++i) cp[i] = wi[i] * gk[i] * gl[i];
             }
-        }
-    }
-    // Lanes summed in order, then the rows past the last full packet.
-    for (Index p = 0; p < P; ++p) {
-        const auto [k, l] = pair_of[static_cast<std::size_t>(p)];
-        double* block = out + p * m * m;
-        for (Index e = 0; e < E; ++e) {
-            const double* lanes = sums.data() + (p * E_padded + e) * packet_size;
-            double total = 0.0;
-            for (Index t = 0; t < packet_size; ++t) total += lanes[t];
-            const Index j = ej[static_cast<std::size_t>(e)];
-            const Index jl = el[static_cast<std::size_t>(e)];
-            for (Index i = full_rows; i < rows; ++i) {
-                const double ci = l == k ? -w[i] * g[k * ldg + i] * (1.0 - g[l * ldg + i]) : w[i] * g[k * ldg + i] * g[l * ldg + i];
-                total += ci * (columns[j][i] * columns[jl][i]);
-            }
-            block[j + jl * m] = total;
-        }
-    }
+        },
+        out);
 }
 
 void softmax_objective_block(const double* const* columns,

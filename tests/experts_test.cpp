@@ -649,3 +649,36 @@ TEST_CASE("the one-pass M-step matches the naive statistics from near and from f
         }
     }
 }
+
+TEST_CASE("linear experts' M-step equals naive weighted least squares for many experts and inputs", "[experts]") {
+    // The design part X̃ᵀ diag(w h_k) X̃ of every expert comes from one register-tiled sweep over
+    // the block (all experts at once, padded tiles, a scalar tail): naive weighted least
+    // squares and residual covariances per expert, over three sample blocks (the last partial).
+    moekit::Rng rng(91);
+    const Index n = 9001;
+    for (const Index d : {1, 5, 9}) {
+        for (const Index K : {1, 3, 7}) {
+            INFO("d = " << d << ", K = " << K);
+            const Index q = 2;
+            const Matrix x = random_matrix(rng, n, d, 1.0);
+            Matrix y(n, q);
+            for (Index i = 0; i < n; ++i)
+                for (Index t = 0; t < q; ++t) y(i, t) = x.row(i).sum() * (t + 1.0) + moekit::standard_normal(rng);
+            moekit::Dataset data = moekit::make_dataset(y, x);
+            for (Index i = 0; i < n; ++i) data.weights(i) = 0.5 + moekit::uniform01(rng);
+            const Matrix resp = random_resp(rng, n, K);
+            Matrix design(n, d + 1);
+            design.col(0).setOnes();
+            design.rightCols(d) = x;
+            Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, K, d, q);
+            moekit::update_experts(e, data, resp, no_ridge());
+            for (Index k = 0; k < K; ++k) {
+                const Vector a = data.weights.cwiseProduct(resp.col(k));
+                const Matrix w = moekit_test::naive_weighted_least_squares(design, y, a);
+                const Matrix cov = moekit_test::naive_weighted_covariance(y - design * w, a);
+                REQUIRE(moekit_test::max_abs_diff(e.coefficients[k], w) <= 1e-10 * std::max(1.0, w.cwiseAbs().maxCoeff()));
+                REQUIRE(moekit_test::max_abs_diff(e.covariances[k].covariance, cov) <= 1e-10 * cov.cwiseAbs().maxCoeff());
+            }
+        }
+    }
+}
