@@ -132,6 +132,11 @@ struct ExpertScratch {
     std::vector<const double*> columns; ///< column pointers of a block
     std::vector<double> weights;        ///< block_rows weights w_i h_ik
     std::vector<double> buffer;         ///< density kernel scratch
+    /// Where linear experts' residuals are kept (expert k's q columns at keep + k·q·keep_ld,
+    /// leading dimension keep_ld) instead of `residuals`, for the M-step statistics of the same
+    /// pass; null: not kept.
+    double* keep = nullptr;
+    Index keep_ld = 0;
 };
 
 /// Sizes `s` for `experts` (q targets, p = d + 1 design columns).
@@ -218,6 +223,8 @@ StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data);
 /// the diagonal when `diagonal_only`), added to slot[k·m·m ...] (m×m column-major; the slot
 /// starts at zero). Reads only rows of block b of `resp` (n×K; no columns: h = 1). The same
 /// bits whichever pass computes it: update_experts' own pass or the E-step's (fit_em).
+/// `residuals`: linear experts' R_k of this block as the E-step kept them (ExpertScratch::keep,
+/// leading dimension block_rows), the same bits as recomputing them; null: recomputed.
 void shifted_statistics_block(ExpertKind kind,
                               const Dataset& data,
                               const ConstMatrixRef& resp,
@@ -225,7 +232,8 @@ void shifted_statistics_block(ExpertKind kind,
                               bool diagonal_only,
                               Index b,
                               double* slot,
-                              StatisticsScratch& scratch);
+                              StatisticsScratch& scratch,
+                              const double* residuals = nullptr);
 
 /// total[k] += the m×m matrix at slot + k·m·m, for every expert k (in order).
 void add_statistics(std::vector<Matrix>& total, const double* slot);

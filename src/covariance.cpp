@@ -23,7 +23,7 @@ std::optional<CovarianceFactor> try_factor(const ConstMatrixRef& s) {
     f.lower = llt.matrixL();
     const auto diag = f.lower.diagonal().array();
     if (!(diag > 0.0).all() || !diag.allFinite()) return std::nullopt;
-    f.log_det = 2.0 * diag.log().sum();
+    f.log_det = detail::log_det_of_factor(f.lower);
     if (!std::isfinite(f.log_det)) return std::nullopt;
     return f;
 }
@@ -218,6 +218,14 @@ std::string_view to_string(CovarianceType type) {
 }
 
 namespace detail {
+double log_det_of_factor(const Matrix& lower) {
+    // Summed in order with std::log: Eigen's 8-lane AVX-512 log is not reproducible
+    // (log_sum_exp.cpp, log_plus).
+    double sum = 0.0;
+    for (Index j = 0; j < lower.rows(); ++j) sum += std::log(lower(j, j));
+    return 2.0 * sum;
+}
+
 std::string lower_case(std::string_view text) {
     std::string out(text);
     for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -10,6 +10,9 @@
 
 namespace moekit::detail {
 
+/// log|Σ| = 2 Σ_j log L_jj from a Cholesky factor L (summed in order, std::log).
+double log_det_of_factor(const Matrix& lower);
+
 /// ASCII lower-case copy, for case-insensitive option parsing.
 std::string lower_case(std::string_view text);
 

@@ -312,9 +312,12 @@ void expert_log_densities_block(const Experts& experts,
                                        scratch.buffer.data(),
                                        offsets ? offsets[k] : 0.0);
         } else {
-            linear_residuals_block(data, w, begin, rows, scratch.residuals.data(), scratch.residuals.outerStride());
-            gaussian_log_density_block(scratch.residuals.data(),
-                                       scratch.residuals.outerStride(),
+            const bool keep = scratch.keep != nullptr;
+            double* r = keep ? scratch.keep + k * q * scratch.keep_ld : scratch.residuals.data();
+            const Index ldr = keep ? scratch.keep_ld : scratch.residuals.outerStride();
+            linear_residuals_block(data, w, begin, rows, r, ldr);
+            gaussian_log_density_block(r,
+                                       ldr,
                                        rows,
                                        q,
                                        nullptr,
@@ -382,7 +385,8 @@ void shifted_statistics_block(ExpertKind kind,
                               bool diagonal_only,
                               Index b,
                               double* slot,
-                              StatisticsScratch& s) {
+                              StatisticsScratch& s,
+                              const double* residuals) {
     const Index n = data.n_samples();
     const Index K = static_cast<Index>(coefficients.size());
     const Index d = kind == ExpertKind::Linear ? data.x.cols() : 0;
@@ -425,10 +429,15 @@ void shifted_statistics_block(ExpertKind kind,
             const Index rows = std::min(statistics_sub_block, b_rows - first);
             for (Index l = 0; l < d; ++l)
                 s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
-            for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
             const double* const* rc = s.columns.data() + p;
             for (Index k = 0; k < K; ++k) {
-                residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
+                if (residuals) {
+                    for (Index t = 0; t < q; ++t)
+                        s.columns[static_cast<std::size_t>(p + t)] = residuals + (k * q + t) * block_rows + first;
+                } else {
+                    for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
+                    residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
+                }
                 block_weights(data, resp, k, begin, rows, s.weights.data());
                 double* out = slot + k * m * m;
                 const double* a = s.weights.data();
@@ -443,9 +452,11 @@ void shifted_statistics_block(ExpertKind kind,
                     weighted_sumsq_block(a, rc, rows, q, s.diag.data());
                     for (Index t = 0; t < q; ++t) out[(p + t) + (p + t) * m] += s.diag[static_cast<std::size_t>(t)];
                 } else {
+                    // Rᵀ A R, q×q (leading dimension q) in part's storage.
                     weighted_crossprod_block(a, rc, rows, q, q, s.part.data());
+                    const double* c = s.part.data();
                     for (Index col = 0; col < q; ++col)
-                        for (Index row = 0; row <= col; ++row) out[(p + row) + (p + col) * m] += s.part(row, col);
+                        for (Index row = 0; row <= col; ++row) out[(p + row) + (p + col) * m] += c[row + col * q];
                 }
             }
         }

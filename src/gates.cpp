@@ -514,7 +514,8 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
             using T = std::decay_t<decltype(g)>;
             const Index n = data.n_samples();
             if constexpr (std::is_same_v<T, ConstantGate>) {
-                const RowVector log_w = g.weights.array().log().matrix().transpose();
+                RowVector log_w(g.weights.size());
+                for (Index k = 0; k < log_w.size(); ++k) log_w(k) = std::log(g.weights(k)); // see log_plus
                 return log_w.replicate(n, 1);
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
                 return softmax_log_probabilities(g.coefficients, gate_design(data));
@@ -538,7 +539,8 @@ GateUpdateReport detail::update_softmax_gate_from(SoftmaxGate& gate,
 GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes) {
     gate.weights = sizes / sizes.sum();
     GateUpdateReport report;
-    report.objective = sizes.dot(gate.weights.array().log().matrix());
+    report.objective = 0.0;
+    for (Index k = 0; k < sizes.size(); ++k) report.objective += sizes(k) * std::log(gate.weights(k)); // see log_plus
     return report;
 }
 

@@ -302,7 +302,8 @@ bool unpack_parameters(Model& model, const Vector& theta, ParameterSet set) {
         logits.tail(K - 1) = theta.segment(at, K - 1);
         at += K - 1;
         logits.array() -= log_sum_exp(logits);
-        c->weights = logits.array().exp().matrix();
+        c->weights.resize(K);
+        for (Index k = 0; k < K; ++k) c->weights(k) = std::exp(logits(k)); // std::exp: see log_plus
         c->weights /= c->weights.sum();
     }
     for_each_softmax(out.gate, [&](Matrix& v) {
@@ -337,7 +338,7 @@ bool unpack_parameters(Model& model, const Vector& theta, ParameterSet set) {
             f.lower = l;
             const Matrix product = l * l.transpose();
             f.covariance = 0.5 * (product + product.transpose());
-            f.log_det = 2.0 * l.diagonal().array().log().sum();
+            f.log_det = detail::log_det_of_factor(l);
             if (!f.covariance.allFinite() || !std::isfinite(f.log_det) || !(l.diagonal().array() > 0.0).all()) return false;
             if (e.covariance_type == CovarianceType::Tied)
                 for (auto& c : e.covariances) c = f;

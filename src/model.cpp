@@ -185,9 +185,13 @@ void detail::e_step_with_statistics(const Model& model,
     std::optional<SoftmaxObjectiveTotals> gate_totals;
     if (softmax) gate_totals.emplace(mg, K, true, true);
     const Index expert_slot = K * m * m;
+    // Linear experts: the E-step's residuals are kept for the statistics (K·q columns of a
+    // block, up to 32 MB per thread), not formed twice.
+    const bool keep = kind == ExpertKind::Linear && K * data.y.cols() * block_rows <= (Index{1} << 22);
     struct Scratch {
         JointScratch joint;
         StatisticsScratch stats;
+        Matrix kept;                        ///< block_rows × (K·q) residuals
         Matrix g;                           ///< block_rows × K gate probabilities
         std::vector<double> norm;           ///< block_rows
         std::vector<double> coef;           ///< block_rows
@@ -200,7 +204,12 @@ void detail::e_step_with_statistics(const Model& model,
         expert_slot + (gate_totals ? gate_totals->slot_size() : 0),
         scratch,
         [&] {
-            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), {}, {}, {}};
+            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), {}, {}, {}};
+            if (keep) {
+                s.kept.resize(block_rows, K * data.y.cols());
+                s.joint.experts.keep = s.kept.data();
+                s.joint.experts.keep_ld = block_rows;
+            }
             if (softmax) {
                 s.g.resize(block_rows, K);
                 s.norm.resize(static_cast<std::size_t>(block_rows));
@@ -230,7 +239,8 @@ void detail::e_step_with_statistics(const Model& model,
                         Eigen::Map<const Eigen::ArrayXd>(s.joint.gate.data() + k * lds, rows);
             }
             softmax_block(out, n, rows, K, log_norm.data() + begin);
-            shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats);
+            shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats,
+                                     keep ? s.kept.data() : nullptr);
             if (softmax)
                 softmax_objective_block(s.columns.data(), mg, data.weights.data() + begin, out, n,
                                         s.joint.gate.data(), s.joint.gate.outerStride(), s.g.data(), s.g.outerStride(),

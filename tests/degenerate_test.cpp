@@ -315,13 +315,16 @@ TEST_CASE("degenerate: y exactly linear in x without a ridge completes at "
           "rounding level",
           "[degenerate]") {
     // The residuals are rounding errors (~1e-15): the variance estimate is tiny
-    // but positive definite, and the log-likelihood large but finite.
+    // but positive definite, and the log-likelihood large but finite. y is the
+    // line rounded once from long double (1 + 2x with x = i/7), so whatever
+    // coefficients the normal equations give, y − x̃W is not exactly 0 in every
+    // row (with y = 1.0 + 2.0 * x in double, an exact solve gives exactly 0).
     const Index n = 50;
     Matrix x(n, 1);
     Matrix y(n, 1);
     for (Index i = 0; i < n; ++i) {
-        x(i, 0) = static_cast<double>(i);
-        y(i, 0) = 1.0 + 2.0 * x(i, 0);
+        x(i, 0) = static_cast<double>(i) / 7.0;
+        y(i, 0) = static_cast<double>(1.0L + 2.0L * static_cast<long double>(x(i, 0)));
     }
     const Dataset data = moekit::make_dataset(y, x);
     FitOptions options;
