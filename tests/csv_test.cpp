@@ -8,8 +8,11 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <bit>
+#include <charconv>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -22,6 +25,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace fs = std::filesystem;
 using moekit::CsvReport;
@@ -116,6 +123,45 @@ std::string read_error(const std::string& content, const CsvSpec& spec) {
     std::string message = data_error([&] { read_csv(path, spec); });
     if (message.compare(0, path.size(), path) == 0) message.replace(0, path.size(), "FILE");
     return message;
+}
+
+/// Sets the OpenMP thread count for its lifetime and restores the previous one.
+class ThreadCount {
+  public:
+    explicit ThreadCount(int threads) {
+#ifdef _OPENMP
+        previous_ = omp_get_max_threads();
+        omp_set_num_threads(threads);
+#else
+        (void)threads;
+#endif
+    }
+    ~ThreadCount() {
+#ifdef _OPENMP
+        omp_set_num_threads(previous_);
+#endif
+    }
+    ThreadCount(const ThreadCount&) = delete;
+    ThreadCount& operator=(const ThreadCount&) = delete;
+
+  private:
+    int previous_ = 1;
+};
+
+/// Whether two matrices hold the same bits (NaN-free data: == would do, but -0 vs 0 would not).
+bool same_bits(const Matrix& a, const Matrix& b) {
+    return a.rows() == b.rows() && a.cols() == b.cols() &&
+           std::equal(a.data(), a.data() + a.size(), b.data(), [](double x, double y) {
+               return std::memcmp(&x, &y, sizeof x) == 0;
+           });
+}
+
+/// Writes `text` to `path` with C stdio (large files).
+void write_text(const std::string& path, const std::string& text) {
+    std::FILE* out = std::fopen(path.c_str(), "wb");
+    REQUIRE(out != nullptr);
+    REQUIRE(std::fwrite(text.data(), 1, text.size(), out) == text.size());
+    REQUIRE(std::fclose(out) == 0);
 }
 
 /// Saves a standard stream's file descriptor and puts it back afterwards.
@@ -431,8 +477,8 @@ TEST_CASE("read_csv reads standard input for the path -", "[csv]") {
 }
 
 TEST_CASE("read_csv handles a file larger than the line reader's buffers", "[csv]") {
-    // io::LineReader reads in 16 MiB blocks (32 MiB at first, then 16 at a time): cross
-    // several block boundaries and check every value.
+    // The reader reads blocks of 16 MiB (and parses each in pieces of 1 MiB): cross several
+    // block and piece boundaries and check every value.
     TempDir dir;
     const std::string path = dir.path("big.csv");
     // About 55 MB in 220 000 lines of 250 bytes, so that a line straddles each block boundary.
@@ -459,6 +505,212 @@ TEST_CASE("read_csv handles a file larger than the line reader's buffers", "[csv
                     data.line_numbers[static_cast<std::size_t>(i)] == i + 2;
     }
     CHECK(all_equal);
+}
+
+TEST_CASE("read_csv gives the same dataset with 1 and 2 threads on a file of many blocks", "[csv]") {
+    // About 42 MB: several of the reader's 16 MiB blocks, each parsed in pieces in parallel.
+    // Blank lines, CRLF, quoted and padded numbers, a text column with quoted delimiters, and
+    // rows dropped for NA or empty cells all move rows away from their line numbers.
+    TempDir dir;
+    const std::string path = dir.path("many_blocks.csv");
+    std::mt19937_64 rng(7);
+    std::normal_distribution<double> normal(0.0, 1000.0);
+    std::string text = "id,\"label, text\",x1,x2,w,y\r\n";
+    const long rows = 700000;
+    for (long i = 0; i < rows; ++i) {
+        if (i % 997 == 0) text += (i % 2 == 0) ? "\n" : "  \t\r\n";
+        text += std::to_string(i);
+        text += i % 5 == 0 ? ",\"a, \"\"b\"\"\"," : ",plain,";
+        for (int j = 0; j < 2; ++j) {
+            char number[64];
+            const auto end = std::to_chars(number, number + sizeof number, normal(rng)).ptr;
+            const std::string cell(number, end);
+            text += i % 7 == j ? " \"" + cell + "\" " : cell;
+            text += ',';
+        }
+        text += std::to_string(1 + i % 3) + ",";
+        text += i % 1009 == 3 ? "NA" : (i % 2003 == 5 ? "" : std::to_string(i % 17) + ".25");
+        text += i % 3 == 0 ? "\r\n" : "\n";
+    }
+    write_text(path, text);
+    REQUIRE(text.size() > 2 * (std::size_t(16) << 20));
+
+    CsvSpec spec = spec_of({"y"}, {"x1", "x2"}, {"x2", "id"});
+    spec.weights = "w";
+    spec.missing = MissingPolicy::Drop;
+    CsvReport report1;
+    CsvReport report2;
+    Dataset one;
+    Dataset two;
+    {
+        const ThreadCount threads(1);
+        one = read_csv(path, spec, &report1);
+    }
+    {
+        const ThreadCount threads(2);
+        two = read_csv(path, spec, &report2);
+    }
+    CHECK(report1.rows_read == rows);
+    CHECK(report1.rows_dropped > 100);
+    CHECK(one.n_samples() == rows - report1.rows_dropped);
+    CHECK(report2.rows_read == report1.rows_read);
+    CHECK(report2.rows_dropped == report1.rows_dropped);
+    CHECK(same_bits(one.y, two.y));
+    CHECK(same_bits(one.x, two.x));
+    CHECK(same_bits(one.z, two.z));
+    CHECK(same_bits(one.weights, two.weights));
+    CHECK(one.line_numbers == two.line_numbers);
+    // Spot checks against the file: row i has id i (column z2) on its own line number.
+    bool ids_increase = true;
+    for (Index i = 1; i < one.n_samples(); ++i)
+        ids_increase = ids_increase && one.z(i, 1) > one.z(i - 1, 1) &&
+                       one.line_numbers[static_cast<std::size_t>(i)] >
+                           one.line_numbers[static_cast<std::size_t>(i - 1)];
+    CHECK(ids_increase);
+    CHECK(one.line_numbers.front() == 3); // line 2 is blank (i = 0)
+    CHECK(one.z(0, 1) == 0.0);
+}
+
+TEST_CASE("read_csv reports the first bad cell of a large file with 2 threads", "[csv]") {
+    // Bad cells deep in a file of several blocks; whichever thread parses them, the one
+    // reported is the first in file order, with its line and column.
+    TempDir dir;
+    const std::string path = dir.path("deep_error.csv");
+    std::string text = "a,b,c\n";
+    const long rows = 1500000; // about 40 MB
+    for (long i = 0; i < rows; ++i) {
+        const long line = i + 2;
+        if (line == 1300001) {
+            text += "1.5,2.5,oops\n";
+        } else if (line == 1310000) {
+            text += "x,y,z\n"; // a later error: never reported
+        } else if (line == 1390000) {
+            text += "1,2\n"; // a ragged row, later still
+        } else {
+            text += std::to_string(i) + ".125,-" + std::to_string(i) + "e-3,7\n";
+        }
+    }
+    write_text(path, text);
+    const ThreadCount threads(2);
+    CHECK(data_error([&] { read_csv(path, spec_of({"a"}, {"c"})); }) ==
+          path + ":1300001: column 'c': not a number 'oops'");
+    // Without column c, the first bad cell is at line 1310000 (before the ragged row).
+    CHECK(data_error([&] { read_csv(path, spec_of({"a"}, {"b"})); }) ==
+          path + ":1310000: column 'a': not a number 'x'");
+    CHECK(data_error([&] { read_csv(path, spec_of({"b"})); }) ==
+          path + ":1310000: column 'b': not a number 'y'");
+}
+
+TEST_CASE("read_csv reads numbers exactly as std::from_chars does", "[csv]") {
+    // The reader has its own fast path for decimals of up to 19 digits (see src/csv.cpp); it
+    // must give the same bits as std::from_chars, the reference, on every form: shortest
+    // round-trip output of random doubles of all magnitudes, fixed notation, random digit
+    // strings with a point and an exponent, values halfway between two doubles, and numbers
+    // with too many digits or exponents out of the fast range.
+    std::mt19937_64 rng(20240611);
+    std::vector<std::string> cells = {"0", "-0", "0.0", "5.", ".5", "-.5", "1e22", "1e23",
+                                      "9007199254740993", "18446744073709551615",
+                                      "1844674407370955161", "9999999999999999999",
+                                      "0.000000000000000000000000001", "1e-27", "1e-28", "1e55",
+                                      "1e56", "7.2057594037927933e16", "00000000000000000001",
+                                      "2.2250738585072014e-308", "1e+05", "1E-5"};
+    std::uniform_int_distribution<int> exponent(-40, 60);
+    for (int i = 0; i < 200000; ++i) {
+        char buffer[128];
+        const std::uint64_t bits = rng();
+        double value = 0.0;
+        std::string cell;
+        switch (i % 5) {
+        case 0: // any finite double
+            value = std::bit_cast<double>(bits);
+            if (!std::isfinite(value)) value = 1.0;
+            cell.assign(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+            break;
+        case 1: // scientific-looking data
+            value = std::ldexp(double(bits >> 11), exponent(rng) - 53);
+            cell.assign(buffer, std::to_chars(buffer, buffer + sizeof buffer, value).ptr);
+            break;
+        case 2: // fixed notation
+            value = std::normal_distribution<double>(0.0, 1000.0)(rng);
+            cell.assign(buffer,
+                        std::to_chars(buffer, buffer + sizeof buffer, value,
+                                      std::chars_format::fixed, static_cast<int>(bits % 20))
+                            .ptr);
+            break;
+        case 3: { // digits, a point somewhere, maybe an exponent
+            const int length = 1 + static_cast<int>(bits % 22);
+            const int point = static_cast<int>((bits >> 8) % static_cast<std::uint64_t>(length + 1));
+            if ((bits >> 16) & 1) cell += '-';
+            for (int j = 0; j < length; ++j) {
+                if (j == point) cell += '.';
+                cell += static_cast<char>('0' + (rng() % 10));
+            }
+            if ((bits >> 17) & 1) cell += "e" + std::to_string(exponent(rng));
+            break;
+        }
+        default: { // halfway between a double and the next one, written out exactly
+            const double low = std::ldexp(double((bits >> 11) | 1), exponent(rng) - 53);
+            const long double middle =
+                (static_cast<long double>(low) + std::nextafter(low, 1e300)) / 2;
+            std::snprintf(buffer, sizeof buffer, "%.30Lg", middle);
+            cell = buffer;
+            break;
+        }
+        }
+        cells.push_back(cell);
+    }
+    std::string text = "v\n";
+    for (const std::string& cell : cells)
+        text.append(cell).append("\n");
+    TempDir dir;
+    const std::string path = dir.path("numbers.csv");
+    write_text(path, text);
+    const Dataset data = read_csv(path, spec_of({"v"}));
+    REQUIRE(data.n_samples() == static_cast<Index>(cells.size()));
+    std::size_t different = 0;
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+        double expected = 0.0;
+        const char* first = cells[i].data();
+        const char* last = first + cells[i].size();
+        const auto [ptr, ec] = std::from_chars(first, last, expected);
+        REQUIRE(ec == std::errc());
+        REQUIRE(ptr == last);
+        const double read = data.y(static_cast<Index>(i), 0);
+        if (std::memcmp(&read, &expected, sizeof read) != 0) {
+            if (different++ < 5) UNSCOPED_INFO(cells[i] << " read as " << read);
+        }
+    }
+    CHECK(different == 0);
+}
+
+TEST_CASE("read_csv reads a line just under the 16 MiB limit", "[csv]") {
+    // 2^24 - 1 bytes before the LF (a CR counts) is the longest line accepted (the next test
+    // case rejects 2^24), as with io::LineReader, which the reader replaced.
+    TempDir dir;
+    const std::string path = dir.path("long_line.csv");
+    std::string text = "a,b\n1,2\n3,";
+    text.append((std::size_t(1) << 24) - 1 - 3, '7');
+    text += "\r\n5,6";
+    write_text(path, text);
+    const Dataset data = read_csv(path, spec_of({"a"}));
+    REQUIRE(data.n_samples() == 3);
+    CHECK(data.y(1, 0) == 3.0);
+    CHECK(data.line_numbers == std::vector<long>{2, 3, 4});
+}
+
+TEST_CASE("read_csv ends a line at a NUL byte", "[csv]") {
+    // The reader has always seen each line as a C string (io::LineReader's): the text after a
+    // NUL byte on the same line is ignored, also in messages.
+    CHECK(read_error(std::string("a,b\n1,2\0junk,x\n3,\0\n", 19), spec_of({"b"})) ==
+          "FILE:3: column 'b': empty cell");
+    CHECK(read_error(std::string("a,b\n1\0,2\n", 9), spec_of({"a"})) ==
+          "FILE:2: ragged row: expected 2 fields (as in the header), found 1 '1'");
+    TempDir dir;
+    const std::string path = dir.write("nul.csv", std::string("a,b\n1,2\0junk,x\r\n3,4\n", 20));
+    const Dataset data = read_csv(path, spec_of({"b"}, {"a"}));
+    REQUIRE(data.n_samples() == 2);
+    CHECK(data.y(0, 0) == 2.0);
+    CHECK(data.y(1, 0) == 4.0);
 }
 
 // ------------------------------------------------------------------------------------------------

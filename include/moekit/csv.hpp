@@ -2,15 +2,15 @@
 /// @file csv.hpp
 /// Reading numeric columns from CSV files and writing CSV output atomically.
 ///
-/// The reader is built on fast-cpp-csv-parser's `io::LineReader` (buffered lines); fields are
-/// split here because the columns are known only at run time. Rules:
+/// The reader reads blocks of whole lines and parses them in parallel (OpenMP threads; the
+/// result and the error reported do not depend on their number; docs/csv.md). Rules:
 ///  - the first line is a header naming the columns; a UTF-8 byte-order mark is skipped;
 ///  - `delimiter` separates fields (comma by default); a field may be quoted with `"`, and `""`
 ///    inside quotes is a literal quote; a quoted field cannot span lines;
 ///  - CRLF and LF line ends are both accepted; a final line without a newline is read; blank
 ///    lines (after the header) are skipped;
-///  - only the requested columns are parsed, as numbers, with std::from_chars (exact and
-///    locale-independent); other columns may hold anything;
+///  - only the requested columns are parsed, as numbers, exactly as std::from_chars does (exact
+///    and locale-independent); other columns may hold anything;
 ///  - every failure throws `DataError` with one line "<file>:<line>: column '<name>': <problem>
 ///    '<text>'": unknown or duplicate column name, ragged row, non-numeric cell, empty cell or
 ///    NA, inf or nan, empty file, header only (no data rows);
