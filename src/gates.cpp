@@ -73,19 +73,66 @@ DesignColumns columns_of(const Dataset& data) {
     return {data.z.data(), data.z.outerStride(), data.n_samples(), data.z.cols() + 1, true};
 }
 
+/// What a softmax's Newton objective is fitted to: per-sample weights and soft targets.
+/// Flat (children == 0): the weights w_i and the targets h_ik, the K columns of `resp`. A node
+/// of a tree gate (children = b): the targets are the posteriors of the node's b children given
+/// the node, h_child / h_node, and the weights w_i h_node, where h_node and h_child are sums of
+/// the columns [first, first + span) of `resp` (b groups of span / b leaves). They are formed
+/// per sample block inside every pass (no n-sized targets), see node_targets_block.
+struct GateTargets {
+    const double* weights;
+    const double* resp;
+    Index ld;
+    Index first = 0;
+    Index span = 0;
+    Index children = 0;
+};
+
+GateTargets flat_targets(const ConstVectorRef& weights, const ConstMatrixRef& resp) {
+    return {weights.data(), resp.data(), resp.outerStride()};
+}
+
 double objective_impl(const SoftmaxGate& gate,
                       const DesignColumns& design,
-                      const ConstVectorRef& weights,
-                      const ConstMatrixRef& resp,
+                      const GateTargets& targets,
                       double gate_l2,
                       Vector* gradient,
                       Matrix* hessian);
 
-/// Row-wise log-softmax of the scores z̃ V: n×K.
+/// The scores z̃_i V of rows [begin, begin + rows) of the design, written to out[i + k·ld]
+/// (K = v.cols() columns): 0, then + v_jk z̃_ij for j = 0, 1, ... (the order of every pass
+/// that computes a softmax's scores, so that all of them give the same bits).
+void softmax_scores_block(const Matrix& v, const DesignColumns& design, Index begin, Index rows, double* out, Index ld) {
+    for (Index k = 0; k < v.cols(); ++k) {
+        double* sk = out + k * ld;
+        std::fill(sk, sk + rows, 0.0);
+        for (Index j = 0; j < design.m; ++j) {
+            const double vjk = v(j, k);
+            const double* dj = design.column(j, begin);
+            for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
+        }
+    }
+}
+
+/// Row-wise log-softmax of the scores z̃ V: n×K, block by block in parallel.
+Matrix softmax_log_probabilities(const Matrix& coefficients, const DesignColumns& design) {
+    const Index n = design.n;
+    const Index K = coefficients.cols();
+    Matrix out(n, K);
+    std::vector<std::vector<double>> scratch;
+    detail::for_each_block(
+        n, scratch, [] { return std::vector<double>(static_cast<std::size_t>(detail::block_rows)); },
+        [&](Index b, std::vector<double>& norm) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            softmax_scores_block(coefficients, design, begin, rows, out.data() + begin, n);
+            detail::log_softmax_block(out.data() + begin, n, rows, K, norm.data());
+        });
+    return out;
+}
+
 Matrix softmax_log_probabilities(const Matrix& coefficients, const ConstMatrixRef& design) {
-    Matrix scores = design * coefficients;
-    log_softmax_rows_in_place(scores);
-    return scores;
+    return softmax_log_probabilities(coefficients, columns_of(design));
 }
 
 double penalty_of(const Matrix& coefficients, double gate_l2) {
@@ -103,8 +150,7 @@ Matrix from_free(const Vector& theta, Index rows, Index K) {
 /// over the free columns 1.. of V, with step halving so the objective never decreases.
 GateUpdateReport newton_softmax(Matrix& coefficients,
                                 const DesignColumns& design,
-                                const ConstVectorRef& weights,
-                                const ConstMatrixRef& targets,
+                                const GateTargets& targets,
                                 const GateOptions& options) {
     GateUpdateReport report;
     const Index K = coefficients.cols();
@@ -115,7 +161,7 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
     Vector trial_gradient;
     Matrix trial_hessian;
     double current =
-        objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+        objective_impl(gate, design, targets, options.gate_l2, &gradient, &hessian);
     report.objective = current;
     if (K == 1) return report;
     for (int step = 0; step < options.newton_steps; ++step) {
@@ -144,7 +190,6 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
             const bool derivatives = !last && halving == 0;
             const double value = objective_impl(trial,
                                                         design,
-                                                        weights,
                                                         targets,
                                                         options.gate_l2,
                                                         derivatives ? &trial_gradient : nullptr,
@@ -169,7 +214,7 @@ GateUpdateReport newton_softmax(Matrix& coefficients,
             gradient.swap(trial_gradient);
             hessian.swap(trial_hessian);
         } else {
-            current = objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+            current = objective_impl(gate, design, targets, options.gate_l2, &gradient, &hessian);
         }
     }
     report.objective = current;
@@ -207,48 +252,111 @@ template <class F> void for_each_node(const std::vector<Index>& branching, F&& f
     }
 }
 
-/// Leaf log-probabilities of a tree: the downward pass, summing log-softmax along each path.
-Matrix tree_log_probabilities(const TreeGate& tree, const Matrix& design) {
-    const Index n = design.rows();
-    Matrix log_path = Matrix::Zero(n, 1); // nodes of the current depth
+/// Leaf log-probabilities of a tree for rows [begin, begin + rows) of the design, written to
+/// out[i + k·ld] (K leaves): the downward pass, summing log-softmax along each path, one node
+/// at a time while the block is in cache. A node's path is kept in the column of its first
+/// leaf; its children's paths are written from the last child to the first, so the first
+/// child's overwrites the node's only when nothing needs it any more. `scores`: block_rows ×
+/// (largest branching) doubles; `norm`: block_rows doubles.
+void tree_block(const TreeGate& tree,
+                const DesignColumns& design,
+                Index begin,
+                Index rows,
+                double* out,
+                Index ld,
+                double* scores,
+                double* norm) {
+    const Index lds = detail::block_rows;
     Index node = 0;
+    Index count = 1;
     for (std::size_t l = 0; l < tree.branching.size(); ++l) {
         const Index b = tree.branching[l];
-        Matrix next(n, log_path.cols() * b);
-        for (Index p = 0; p < log_path.cols(); ++p, ++node) {
-            const Matrix local = softmax_log_probabilities(tree.nodes[static_cast<std::size_t>(node)], design);
-            for (Index c = 0; c < b; ++c) next.col(p * b + c) = log_path.col(p) + local.col(c);
+        const Index span = leaves_below(tree.branching, l);
+        const Index child_span = span / b;
+        for (Index p = 0; p < count; ++p, ++node) {
+            softmax_scores_block(tree.nodes[static_cast<std::size_t>(node)], design, begin, rows, scores, lds);
+            detail::log_softmax_block(scores, lds, rows, b, norm);
+            double* path = out + p * span * ld;
+            for (Index c = b - 1; c >= 0; --c) {
+                double* child = out + (p * span + c * child_span) * ld;
+                const double* local = scores + c * lds;
+                if (l == 0)
+                    std::copy(local, local + rows, child);
+                else
+                    for (Index i = 0; i < rows; ++i) child[i] = path[i] + local[i];
+            }
         }
-        log_path = std::move(next);
+        count *= b;
     }
-    return log_path;
 }
 
-/// Upward pass: log posterior of each node's subtree, log Σ_{k under node} h_ik, from log h.
-Vector log_subtree(const Matrix& log_resp, Index first_leaf, Index span) {
-    return log_sum_exp_rows(log_resp.middleCols(first_leaf, span));
+Index max_branching(const TreeGate& tree) {
+    return *std::max_element(tree.branching.begin(), tree.branching.end());
+}
+
+/// Leaf log-probabilities of a tree: n×K, block by block in parallel (tree_block).
+Matrix tree_log_probabilities(const TreeGate& tree, const DesignColumns& design) {
+    const Index n = design.n;
+    Matrix out(n, leaves_below(tree.branching, 0));
+    std::vector<Matrix> scratch;
+    detail::for_each_block(
+        n, scratch, [&] { return Matrix(detail::block_rows, max_branching(tree) + 1); },
+        [&](Index b, Matrix& s) {
+            const Index begin = detail::block_begin(b);
+            tree_block(tree, design, begin, detail::block_size(b, n), out.data() + begin, n, s.data(),
+                       s.data() + max_branching(tree) * detail::block_rows);
+        });
+    return out;
+}
+
+/// The targets and weights of a tree node (GateTargets) for rows [begin, begin + rows):
+/// t[i + c·block_rows] = h_child c / h_node, w[i] = w_i h_node, where h_child is the sum of the
+/// child's leaf responsibilities (in leaf order) and h_node the sum of the children's. Where the
+/// node's mass is 0 (its log mass −∞; also NaN or +∞: log mass not finite) the targets are
+/// uniform, 1/b, as they always were. The responsibilities are probabilities in [0, 1], so the
+/// sums cannot underflow below their largest term, and the ratio equals exp(log h_child −
+/// log h_node) of the log-space formulation up to rounding (without the error of |log h|·ε
+/// that the log/exp round trip adds).
+void node_targets_block(const GateTargets& tg, Index begin, Index rows, double* t, double* w, double* node) {
+    const Index b = tg.children;
+    const Index child_span = tg.span / b;
+    for (Index c = 0; c < b; ++c) {
+        double* tc = t + c * detail::block_rows;
+        const double* h0 = tg.resp + (tg.first + c * child_span) * tg.ld + begin;
+        std::copy(h0, h0 + rows, tc);
+        for (Index k = 1; k < child_span; ++k) {
+            const double* hk = tg.resp + (tg.first + c * child_span + k) * tg.ld + begin;
+            for (Index i = 0; i < rows; ++i) tc[i] += hk[i];
+        }
+    }
+    std::copy(t, t + rows, node);
+    for (Index c = 1; c < b; ++c) {
+        const double* tc = t + c * detail::block_rows;
+        for (Index i = 0; i < rows; ++i) node[i] += tc[i];
+    }
+    const double uniform = 1.0 / static_cast<double>(b);
+    constexpr double largest = std::numeric_limits<double>::max();
+    for (Index c = 0; c < b; ++c) {
+        double* tc = t + c * detail::block_rows;
+        for (Index i = 0; i < rows; ++i) tc[i] = node[i] > 0.0 && node[i] <= largest ? tc[i] / node[i] : uniform;
+    }
+    const double* wi = tg.weights + begin;
+    for (Index i = 0; i < rows; ++i) w[i] = wi[i] * node[i];
 }
 
 GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
     const DesignColumns design = columns_of(data);
-    const Matrix log_resp = resp.array().log().matrix();
     GateUpdateReport total;
     for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
         // Each node's softmax is refitted on its soft targets, the posterior of each child given
-        // the node, h_child / h_node (computed in log space), weighted by w_i h_node,i.
-        const Index b = tree.branching[static_cast<std::size_t>(depth)];
-        const Index child_span = span / b;
-        const Vector log_node = log_subtree(log_resp, first, span);
-        Matrix targets(design.n, b);
-        for (Index c = 0; c < b; ++c) {
-            const Vector log_child = log_subtree(log_resp, first + c * child_span, child_span);
-            targets.col(c) = (log_child - log_node).array().exp().matrix();
-        }
-        Vector weights = data.weights.cwiseProduct(log_node.array().exp().matrix());
-        for (Index i = 0; i < design.n; ++i)
-            if (!std::isfinite(log_node(i))) targets.row(i).setConstant(1.0 / static_cast<double>(b));
+        // the node, h_child / h_node, weighted by w_i h_node (formed block by block inside the
+        // Newton passes: node_targets_block).
+        GateTargets targets = flat_targets(data.weights, resp);
+        targets.first = first;
+        targets.span = span;
+        targets.children = tree.branching[static_cast<std::size_t>(depth)];
         const GateUpdateReport r =
-            newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, weights, targets, options);
+            newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, targets, options);
         total.newton_steps += r.newton_steps;
         total.step_halvings += r.step_halvings;
         total.stalled = total.stalled || r.stalled;
@@ -266,15 +374,14 @@ double softmax_gate_objective(const SoftmaxGate& gate,
                               double gate_l2,
                               Vector* gradient,
                               Matrix* hessian) {
-    return objective_impl(gate, columns_of(design), weights, resp, gate_l2, gradient, hessian);
+    return objective_impl(gate, columns_of(design), flat_targets(weights, resp), gate_l2, gradient, hessian);
 }
 
 namespace {
 
 double objective_impl(const SoftmaxGate& gate,
                       const DesignColumns& design,
-                      const ConstVectorRef& weights,
-                      const ConstMatrixRef& resp,
+                      const GateTargets& targets,
                       double gate_l2,
                       Vector* gradient,
                       Matrix* hessian) {
@@ -297,7 +404,10 @@ double objective_impl(const SoftmaxGate& gate,
         std::vector<double> coef;           ///< block_rows
         std::vector<double> norm;           ///< block_rows
         std::vector<const double*> columns; ///< the m design columns of the block
+        Matrix t;                           ///< block_rows × K: a tree node's targets
+        std::vector<double> w;              ///< block_rows: a tree node's weights
     };
+    const bool node = targets.children > 0;
     double value = 0.0;
     Matrix grad = Matrix::Zero(m, F);
     std::vector<Matrix> blocks(static_cast<std::size_t>(hessian ? pairs : 0), Matrix::Zero(m, m));
@@ -313,24 +423,30 @@ double objective_impl(const SoftmaxGate& gate,
             s.coef.resize(static_cast<std::size_t>(detail::block_rows));
             s.norm.resize(static_cast<std::size_t>(detail::block_rows));
             s.columns.resize(static_cast<std::size_t>(m));
+            if (node) {
+                s.t.resize(detail::block_rows, K);
+                s.w.resize(static_cast<std::size_t>(detail::block_rows));
+            }
             return s;
         },
         [&](Index b, double* slot, Scratch& s) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
             for (Index j = 0; j < m; ++j) s.columns[static_cast<std::size_t>(j)] = design.column(j, begin);
-            const double* w = weights.data() + begin;
+            // The weights and the targets h_k (column k of resp, or a tree node's, formed here
+            // into scratch; the norm buffer is free until the log-softmax below).
+            const double* w = targets.weights + begin;
+            const double* h0 = targets.resp + begin;
+            Index ldh = targets.ld;
+            if (node) {
+                node_targets_block(targets, begin, rows, s.t.data(), s.w.data(), s.norm.data());
+                w = s.w.data();
+                h0 = s.t.data();
+                ldh = s.t.outerStride();
+            }
             const Index ld = s.log_g.outerStride();
             // Scores z̃_i V, then their row log-softmax.
-            for (Index k = 0; k < K; ++k) {
-                double* sk = s.log_g.data() + k * ld;
-                std::fill(sk, sk + rows, 0.0);
-                for (Index j = 0; j < m; ++j) {
-                    const double vjk = v(j, k);
-                    const double* dj = s.columns[static_cast<std::size_t>(j)];
-                    for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
-                }
-            }
+            softmax_scores_block(v, design, begin, rows, s.log_g.data(), ld);
             // Row log-softmax in place, and with derivatives also the probabilities g (one exp
             // per entry).
             const Index ldg = s.g.outerStride();
@@ -341,12 +457,12 @@ double objective_impl(const SoftmaxGate& gate,
             // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
             for (Index k = 0; k < K; ++k)
                 slot[0] += detail::masked_weighted_sum_block(
-                    w, resp.data() + k * resp.outerStride() + begin, s.log_g.data() + k * ld, rows);
+                    w, h0 + k * ldh, s.log_g.data() + k * ld, rows);
             if (!want_gradient) return;
             double* c = s.coef.data();
             if (gradient) {
                 for (Index k = 1; k < K; ++k) {
-                    const double* h = resp.data() + k * resp.outerStride() + begin;
+                    const double* h = h0 + k * ldh;
                     const double* gk = s.g.data() + k * ldg;
                     for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
                     detail::dot_columns_block(s.columns.data(), m, c, rows, slot + 1 + (k - 1) * m);
@@ -407,11 +523,11 @@ Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
                 const RowVector log_w = g.weights.array().log().matrix().transpose();
                 return log_w.replicate(n, 1);
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
-                return softmax_log_probabilities(g.coefficients, gate_design(data));
+                return softmax_log_probabilities(g.coefficients, columns_of(data));
             } else if constexpr (std::is_same_v<T, HashGate>) {
                 return hash_log_probabilities(g, data);
             } else {
-                return tree_log_probabilities(g, gate_design(data));
+                return tree_log_probabilities(g, columns_of(data));
             }
         },
         gate);
@@ -429,7 +545,7 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
                 report.objective = nk.dot(g.weights.array().log().matrix());
                 return report;
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
-                return newton_softmax(g.coefficients, columns_of(data), data.weights, resp, options);
+                return newton_softmax(g.coefficients, columns_of(data), flat_targets(data.weights, resp), options);
             } else if constexpr (std::is_same_v<T, HashGate>) {
                 return GateUpdateReport{}; // fixed routing: nothing to learn
             } else {
@@ -667,7 +783,7 @@ Eigen::VectorXi route_hard(const Gate& gate, const Dataset& data) {
 
 std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp) {
     const Matrix design = gate_design(data);
-    const Matrix log_leaf = tree_log_probabilities(tree, design);
+    const Matrix log_leaf = tree_log_probabilities(tree, columns_of(design));
     Eigen::VectorXi soft_best(design.rows());
     for (Index i = 0; i < design.rows(); ++i) {
         Index best = 0;
@@ -709,5 +825,19 @@ std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& tree, const Da
     });
     return out;
 }
+
+namespace detail {
+
+void reserve_scratch(TreeGateScratch& s, const TreeGate& tree) {
+    s.scores.resize(block_rows, max_branching(tree));
+    s.norm.resize(static_cast<std::size_t>(block_rows));
+}
+
+void tree_gate_log_probabilities_block(
+    const TreeGate& tree, const Dataset& data, Index begin, Index rows, double* out, Index ld, TreeGateScratch& s) {
+    tree_block(tree, columns_of(data), begin, rows, out, ld, s.scores.data(), s.norm.data());
+}
+
+} // namespace detail
 
 } // namespace moekit
