@@ -92,24 +92,47 @@ GateTargets flat_targets(const ConstVectorRef& weights, const ConstMatrixRef& re
     return {weights.data(), resp.data(), resp.outerStride()};
 }
 
+/// One objective evaluation of a pass over the data: the softmax with coefficients V fitted to
+/// `targets`; its penalised objective goes to `value`, and the gradient and Hessian with
+/// respect to the free coefficients to the vectors given (none when null).
+struct Evaluation {
+    const Matrix* coefficients = nullptr;
+    const GateTargets* targets = nullptr;
+    Vector* gradient = nullptr;
+    Matrix* hessian = nullptr;
+    double value = 0.0;
+};
+
+void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& evaluations, double gate_l2);
+
 double objective_impl(const SoftmaxGate& gate,
                       const DesignColumns& design,
                       const GateTargets& targets,
                       double gate_l2,
                       Vector* gradient,
-                      Matrix* hessian);
+                      Matrix* hessian) {
+    std::vector<Evaluation> one{{&gate.coefficients, &targets, gradient, hessian}};
+    evaluate_objectives(design, one, gate_l2);
+    return one[0].value;
+}
 
 /// The scores z̃_i V of rows [begin, begin + rows) of the design, written to out[i + k·ld]
 /// (K = v.cols() columns): 0, then + v_jk z̃_ij for j = 0, 1, ... (the order of every pass
-/// that computes a softmax's scores, so that all of them give the same bits).
+/// that computes a softmax's scores, so that all of them give the same bits). In strips of 256
+/// rows, so that the partial sums stay in L1 and each design column is read once.
 void softmax_scores_block(const Matrix& v, const DesignColumns& design, Index begin, Index rows, double* out, Index ld) {
-    for (Index k = 0; k < v.cols(); ++k) {
-        double* sk = out + k * ld;
-        std::fill(sk, sk + rows, 0.0);
+    constexpr Index strip = 256;
+    const Index K = v.cols();
+    for (Index i0 = 0; i0 < rows; i0 += strip) {
+        const Index len = std::min(strip, rows - i0);
+        for (Index k = 0; k < K; ++k) std::fill(out + k * ld + i0, out + k * ld + i0 + len, 0.0);
         for (Index j = 0; j < design.m; ++j) {
-            const double vjk = v(j, k);
-            const double* dj = design.column(j, begin);
-            for (Index i = 0; i < rows; ++i) sk[i] += vjk * dj[i];
+            const double* dj = design.column(j, begin) + i0;
+            for (Index k = 0; k < K; ++k) {
+                const double vjk = v(j, k);
+                double* sk = out + k * ld + i0;
+                for (Index i = 0; i < len; ++i) sk[i] += vjk * dj[i];
+            }
         }
     }
 }
@@ -148,78 +171,183 @@ Matrix from_free(const Vector& theta, Index rows, Index K) {
 
 /// IRLS/Newton steps on one softmax: maximises Σ_i a_i Σ_c t_ic log softmax(Vᵀ z̃_i)_c − penalty
 /// over the free columns 1.. of V, with step halving so the objective never decreases.
+///
+/// Written as a state machine (request() the next evaluation, take() its value) so that
+/// several independent softmaxes, the nodes of a tree, advance in lockstep with their
+/// objectives evaluated in one pass over the data per round (newton_lockstep). Each does
+/// exactly the steps, and gets exactly the bits, it would alone.
+class NewtonSoftmax {
+  public:
+    NewtonSoftmax(Matrix& coefficients, const GateTargets& targets, const GateOptions& options)
+        : out_(&coefficients),
+          targets_(targets),
+          options_(&options),
+          K_(coefficients.cols()),
+          rows_(coefficients.rows()),
+          gate_{coefficients} {}
+
+    bool done() const { return phase_ == Phase::Done; }
+    const GateUpdateReport& report() const { return report_; }
+
+    /// The evaluation needed next (pointers into this object: keep it in place until take()).
+    Evaluation request() {
+        if (phase_ == Phase::Trial) {
+            // The full step is evaluated together with its gradient and Hessian: it is almost
+            // always accepted, and its derivatives are the next step's, so the pass over the
+            // data that would recompute them is saved (the objective is computed the same way
+            // in both passes, so the result is unchanged). Not on the last step, whose
+            // derivatives would go unused, nor for halved steps.
+            const bool derivatives = trial_derivatives();
+            return {&trial_.coefficients, &targets_, derivatives ? &trial_gradient_ : nullptr,
+                    derivatives ? &trial_hessian_ : nullptr};
+        }
+        return {&gate_.coefficients, &targets_, &gradient_, &hessian_}; // initial or refresh
+    }
+
+    /// The value of request()'s evaluation (its gradient and Hessian already written).
+    void take(double value) {
+        switch (phase_) {
+        case Phase::Initial:
+            current_ = value;
+            report_.objective = current_;
+            if (K_ == 1) {
+                phase_ = Phase::Done;
+                return;
+            }
+            begin_step();
+            return;
+        case Phase::Refresh:
+            current_ = value;
+            ++step_;
+            begin_step();
+            return;
+        case Phase::Trial:
+            if (std::isfinite(value) && value >= current_) {
+                const bool derivatives = trial_derivatives();
+                gate_ = std::move(trial_);
+                const bool accepted = value > current_;
+                current_ = value;
+                report_.step_halvings += halving_;
+                if (!accepted) {
+                    report_.stalled = true;
+                    finish();
+                    return;
+                }
+                ++report_.newton_steps;
+                if (last_) {
+                    finish();
+                    return;
+                }
+                if (derivatives) {
+                    gradient_.swap(trial_gradient_);
+                    hessian_.swap(trial_hessian_);
+                    ++step_;
+                    begin_step();
+                } else {
+                    phase_ = Phase::Refresh;
+                }
+                return;
+            }
+            t_ *= 0.5;
+            if (++halving_ > 30) {
+                report_.stalled = true;
+                finish();
+                return;
+            }
+            make_trial();
+            return;
+        case Phase::Done: return;
+        }
+    }
+
+  private:
+    enum class Phase { Initial, Trial, Refresh, Done };
+
+    bool trial_derivatives() const { return !last_ && halving_ == 0; }
+
+    void begin_step() {
+        if (step_ >= options_->newton_steps) {
+            finish();
+            return;
+        }
+        // Newton direction: (−H) Δ = ∇. −H is positive semidefinite; LDLT copes with the
+        // semidefinite case (a child with no mass anywhere), and a failure falls back to the
+        // gradient direction.
+        Eigen::LDLT<Matrix> ldlt(-hessian_);
+        direction_ = ldlt.solve(gradient_);
+        if (ldlt.info() != Eigen::Success || !direction_.allFinite() || gradient_.dot(direction_) <= 0.0)
+            direction_ = gradient_;
+        // Stop when the predicted increase ½ ∇ᵀΔ is at round-off level.
+        if (0.5 * gradient_.dot(direction_) <= 1e-13 * (1.0 + std::abs(current_))) {
+            finish();
+            return;
+        }
+        const Matrix free = gate_.coefficients.rightCols(K_ - 1);
+        base_ = Eigen::Map<const Vector>(free.data(), rows_ * (K_ - 1));
+        last_ = step_ + 1 == options_->newton_steps;
+        t_ = 1.0;
+        halving_ = 0;
+        make_trial();
+        phase_ = Phase::Trial;
+    }
+
+    void make_trial() { trial_ = SoftmaxGate{from_free(base_ + t_ * direction_, rows_, K_)}; }
+
+    void finish() {
+        report_.objective = current_;
+        *out_ = std::move(gate_.coefficients);
+        phase_ = Phase::Done;
+    }
+
+    Matrix* out_;
+    GateTargets targets_;
+    const GateOptions* options_;
+    Index K_;
+    Index rows_;
+    SoftmaxGate gate_;
+    SoftmaxGate trial_;
+    Vector gradient_;
+    Matrix hessian_;
+    Vector trial_gradient_;
+    Matrix trial_hessian_;
+    Vector direction_;
+    Vector base_;
+    double current_ = 0.0;
+    double t_ = 1.0;
+    int step_ = 0;
+    int halving_ = 0;
+    bool last_ = false;
+    Phase phase_ = Phase::Initial;
+    GateUpdateReport report_;
+};
+
+/// Runs independent Newton iterations in lockstep: each round evaluates every unfinished
+/// one's pending objective in a single pass over the data (evaluate_objectives).
+void newton_lockstep(std::vector<NewtonSoftmax>& solvers, const DesignColumns& design, double gate_l2) {
+    std::vector<Evaluation> evaluations;
+    std::vector<std::size_t> owner;
+    while (true) {
+        evaluations.clear();
+        owner.clear();
+        for (std::size_t j = 0; j < solvers.size(); ++j)
+            if (!solvers[j].done()) {
+                evaluations.push_back(solvers[j].request());
+                owner.push_back(j);
+            }
+        if (evaluations.empty()) return;
+        evaluate_objectives(design, evaluations, gate_l2);
+        for (std::size_t e = 0; e < evaluations.size(); ++e) solvers[owner[e]].take(evaluations[e].value);
+    }
+}
+
 GateUpdateReport newton_softmax(Matrix& coefficients,
                                 const DesignColumns& design,
                                 const GateTargets& targets,
                                 const GateOptions& options) {
-    GateUpdateReport report;
-    const Index K = coefficients.cols();
-    const Index rows = coefficients.rows();
-    SoftmaxGate gate{coefficients};
-    Vector gradient;
-    Matrix hessian;
-    Vector trial_gradient;
-    Matrix trial_hessian;
-    double current =
-        objective_impl(gate, design, targets, options.gate_l2, &gradient, &hessian);
-    report.objective = current;
-    if (K == 1) return report;
-    for (int step = 0; step < options.newton_steps; ++step) {
-        // Newton direction: (−H) Δ = ∇. −H is positive semidefinite; LDLT copes with the
-        // semidefinite case (a child with no mass anywhere), and a failure falls back to the
-        // gradient direction.
-        Eigen::LDLT<Matrix> ldlt(-hessian);
-        Vector direction = ldlt.solve(gradient);
-        if (ldlt.info() != Eigen::Success || !direction.allFinite() || gradient.dot(direction) <= 0.0)
-            direction = gradient;
-        // Stop when the predicted increase ½ ∇ᵀΔ is at round-off level.
-        if (0.5 * gradient.dot(direction) <= 1e-13 * (1.0 + std::abs(current))) break;
-        const Matrix free = gate.coefficients.rightCols(K - 1);
-        const Vector base = Eigen::Map<const Vector>(free.data(), rows * (K - 1));
-        // The full step is evaluated together with its gradient and Hessian: it is almost
-        // always accepted, and its derivatives are the next step's, so the pass over the data
-        // that would recompute them is saved (the objective is computed the same way in both
-        // passes, so the result is unchanged). Not on the last step, whose derivatives would
-        // go unused, nor for halved steps.
-        const bool last = step + 1 == options.newton_steps;
-        double t = 1.0;
-        bool accepted = false;
-        bool have_derivatives = false;
-        for (int halving = 0; halving <= 30; ++halving) {
-            SoftmaxGate trial{from_free(base + t * direction, rows, K)};
-            const bool derivatives = !last && halving == 0;
-            const double value = objective_impl(trial,
-                                                        design,
-                                                        targets,
-                                                        options.gate_l2,
-                                                        derivatives ? &trial_gradient : nullptr,
-                                                        derivatives ? &trial_hessian : nullptr);
-            if (std::isfinite(value) && value >= current) {
-                gate = std::move(trial);
-                accepted = value > current;
-                current = value;
-                report.step_halvings += halving;
-                have_derivatives = derivatives;
-                break;
-            }
-            t *= 0.5;
-        }
-        if (!accepted) {
-            report.stalled = true;
-            break;
-        }
-        ++report.newton_steps;
-        if (last) break;
-        if (have_derivatives) {
-            gradient.swap(trial_gradient);
-            hessian.swap(trial_hessian);
-        } else {
-            current = objective_impl(gate, design, targets, options.gate_l2, &gradient, &hessian);
-        }
-    }
-    report.objective = current;
-    coefficients = std::move(gate.coefficients);
-    return report;
+    std::vector<NewtonSoftmax> solver;
+    solver.emplace_back(coefficients, targets, options);
+    newton_lockstep(solver, design, options.gate_l2);
+    return solver[0].report();
 }
 
 /// Leaves under one node of depth l: Π_{m>=l} branching[m].
@@ -274,16 +402,20 @@ void tree_block(const TreeGate& tree,
         const Index span = leaves_below(tree.branching, l);
         const Index child_span = span / b;
         for (Index p = 0; p < count; ++p, ++node) {
-            softmax_scores_block(tree.nodes[static_cast<std::size_t>(node)], design, begin, rows, scores, lds);
+            const Matrix& v = tree.nodes[static_cast<std::size_t>(node)];
+            if (l == 0) {
+                // The root's log-softmax goes straight to its children's columns.
+                softmax_scores_block(v, design, begin, rows, out, child_span * ld);
+                detail::log_softmax_block(out, child_span * ld, rows, b, norm);
+                continue;
+            }
+            softmax_scores_block(v, design, begin, rows, scores, lds);
             detail::log_softmax_block(scores, lds, rows, b, norm);
-            double* path = out + p * span * ld;
+            const double* path = out + p * span * ld;
             for (Index c = b - 1; c >= 0; --c) {
                 double* child = out + (p * span + c * child_span) * ld;
                 const double* local = scores + c * lds;
-                if (l == 0)
-                    std::copy(local, local + rows, child);
-                else
-                    for (Index i = 0; i < rows; ++i) child[i] = path[i] + local[i];
+                for (Index i = 0; i < rows; ++i) child[i] = path[i] + local[i];
             }
         }
         count *= b;
@@ -316,52 +448,73 @@ Matrix tree_log_probabilities(const TreeGate& tree, const DesignColumns& design)
 /// uniform, 1/b, as they always were. The responsibilities are probabilities in [0, 1], so the
 /// sums cannot underflow below their largest term, and the ratio equals exp(log h_child −
 /// log h_node) of the log-space formulation up to rounding (without the error of |log h|·ε
-/// that the log/exp round trip adds).
-void node_targets_block(const GateTargets& tg, Index begin, Index rows, double* t, double* w, double* node) {
+/// that the log/exp round trip adds). `node`: block_rows doubles; `child`: b pointers.
+void node_targets_block(
+    const GateTargets& tg, Index begin, Index rows, double* t, double* w, double* node, const double** child) {
     const Index b = tg.children;
     const Index child_span = tg.span / b;
+    auto leaf = [&](Index k) { return tg.resp + (tg.first + k) * tg.ld + begin; };
+    // The children's masses (child[c]): the leaf column itself for a single leaf, else the sum
+    // into t.
     for (Index c = 0; c < b; ++c) {
+        if (child_span == 1) {
+            child[static_cast<std::size_t>(c)] = leaf(c);
+            continue;
+        }
         double* tc = t + c * detail::block_rows;
-        const double* h0 = tg.resp + (tg.first + c * child_span) * tg.ld + begin;
-        std::copy(h0, h0 + rows, tc);
-        for (Index k = 1; k < child_span; ++k) {
-            const double* hk = tg.resp + (tg.first + c * child_span + k) * tg.ld + begin;
+        const double* h0 = leaf(c * child_span);
+        const double* h1 = leaf(c * child_span + 1);
+        for (Index i = 0; i < rows; ++i) tc[i] = h0[i] + h1[i];
+        for (Index k = 2; k < child_span; ++k) {
+            const double* hk = leaf(c * child_span + k);
             for (Index i = 0; i < rows; ++i) tc[i] += hk[i];
         }
+        child[static_cast<std::size_t>(c)] = tc;
     }
-    std::copy(t, t + rows, node);
-    for (Index c = 1; c < b; ++c) {
-        const double* tc = t + c * detail::block_rows;
-        for (Index i = 0; i < rows; ++i) node[i] += tc[i];
+    {
+        const double* c0 = child[0];
+        const double* c1 = child[1];
+        for (Index i = 0; i < rows; ++i) node[i] = c0[i] + c1[i];
+        for (Index c = 2; c < b; ++c) {
+            const double* cc = child[static_cast<std::size_t>(c)];
+            for (Index i = 0; i < rows; ++i) node[i] += cc[i];
+        }
     }
     const double uniform = 1.0 / static_cast<double>(b);
     constexpr double largest = std::numeric_limits<double>::max();
     for (Index c = 0; c < b; ++c) {
+        const double* cc = child[static_cast<std::size_t>(c)];
         double* tc = t + c * detail::block_rows;
-        for (Index i = 0; i < rows; ++i) tc[i] = node[i] > 0.0 && node[i] <= largest ? tc[i] / node[i] : uniform;
+        for (Index i = 0; i < rows; ++i) tc[i] = node[i] > 0.0 && node[i] <= largest ? cc[i] / node[i] : uniform;
     }
     const double* wi = tg.weights + begin;
     for (Index i = 0; i < rows; ++i) w[i] = wi[i] * node[i];
 }
 
 GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
-    const DesignColumns design = columns_of(data);
-    GateUpdateReport total;
+    // Each node's softmax is refitted on its soft targets, the posterior of each child given
+    // the node, h_child / h_node, weighted by w_i h_node (formed block by block inside the
+    // Newton passes: node_targets_block). The nodes' problems are independent (each depends
+    // only on the responsibilities), so all of them run in lockstep, one pass over the data
+    // per round for all the nodes instead of one per node.
+    std::vector<NewtonSoftmax> solvers;
+    solvers.reserve(tree.nodes.size());
     for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
-        // Each node's softmax is refitted on its soft targets, the posterior of each child given
-        // the node, h_child / h_node, weighted by w_i h_node (formed block by block inside the
-        // Newton passes: node_targets_block).
         GateTargets targets = flat_targets(data.weights, resp);
         targets.first = first;
         targets.span = span;
         targets.children = tree.branching[static_cast<std::size_t>(depth)];
-        const GateUpdateReport r =
-            newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, targets, options);
+        solvers.emplace_back(tree.nodes[static_cast<std::size_t>(node)], targets, options);
+    });
+    newton_lockstep(solvers, columns_of(data), options.gate_l2);
+    GateUpdateReport total;
+    for (const NewtonSoftmax& solver : solvers) {
+        const GateUpdateReport& r = solver.report();
         total.newton_steps += r.newton_steps;
         total.step_halvings += r.step_halvings;
         total.stalled = total.stalled || r.stalled;
         total.objective += r.objective;
-    });
+    }
     return total;
 }
 
@@ -379,25 +532,42 @@ double softmax_gate_objective(const SoftmaxGate& gate,
 
 namespace {
 
-double objective_impl(const SoftmaxGate& gate,
-                      const DesignColumns& design,
-                      const GateTargets& targets,
-                      double gate_l2,
-                      Vector* gradient,
-                      Matrix* hessian) {
-    // n samples, m = g + 1 design columns, K experts; free parameters are columns 1..K−1.
-    // One blocked pass over the samples (blocks.hpp): per block the log-softmax of z̃ V, the
-    // objective, the gradient Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks
-    // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ (k <= l); block partials added in block order.
+void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& evaluations, double gate_l2) {
+    // n samples, m = g + 1 design columns; per evaluation K experts (children), free parameters
+    // columns 1..K−1. One blocked pass over the samples (blocks.hpp) for all the evaluations:
+    // per block and evaluation the log-softmax of z̃ V, the objective, the gradient
+    // Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
+    // (k <= l), each into its own part of the block's slot; block partials added in block
+    // order. An evaluation's arithmetic does not depend on the others in the pass.
     const Index n = design.n;
-    const Index K = gate.coefficients.cols();
     const Index m = design.m;
-    const Index F = K - 1;
-    const Index pairs = F * (F + 1) / 2;
-    const bool want_gradient = gradient != nullptr || hessian != nullptr;
-    const Index grad_size = gradient ? m * F : 0;
-    const Index hess_size = hessian ? pairs * m * m : 0;
-    const Matrix& v = gate.coefficients;
+    struct Sums {
+        Index K, F, pairs, grad_size, hess_size, offset;
+        double value = 0.0;
+        Matrix grad;
+        std::vector<Matrix> blocks;
+    };
+    std::vector<Sums> sums;
+    Index slot_size = 0;
+    Index max_K = 1;
+    bool any_derivatives = false;
+    bool any_node = false;
+    for (const Evaluation& e : evaluations) {
+        Sums t;
+        t.K = e.coefficients->cols();
+        t.F = t.K - 1;
+        t.pairs = t.F * (t.F + 1) / 2;
+        t.grad_size = e.gradient ? m * t.F : 0;
+        t.hess_size = e.hessian ? t.pairs * m * m : 0;
+        t.offset = slot_size;
+        t.grad = Matrix::Zero(m, t.F);
+        t.blocks.assign(static_cast<std::size_t>(e.hessian ? t.pairs : 0), Matrix::Zero(m, m));
+        slot_size += 1 + t.grad_size + t.hess_size;
+        max_K = std::max(max_K, t.K);
+        any_derivatives = any_derivatives || e.gradient || e.hessian;
+        any_node = any_node || e.targets->children > 0;
+        sums.push_back(std::move(t));
+    }
     struct Scratch {
         Matrix log_g;                       ///< block_rows × K
         Matrix g;                           ///< block_rows × K (gradient or Hessian)
@@ -406,110 +576,127 @@ double objective_impl(const SoftmaxGate& gate,
         std::vector<const double*> columns; ///< the m design columns of the block
         Matrix t;                           ///< block_rows × K: a tree node's targets
         std::vector<double> w;              ///< block_rows: a tree node's weights
+        std::vector<const double*> child;   ///< K: a tree node's child masses
     };
-    const bool node = targets.children > 0;
-    double value = 0.0;
-    Matrix grad = Matrix::Zero(m, F);
-    std::vector<Matrix> blocks(static_cast<std::size_t>(hessian ? pairs : 0), Matrix::Zero(m, m));
     std::vector<Scratch> scratch;
     detail::reduce_blocks(
         n,
-        1 + grad_size + hess_size,
+        slot_size,
         scratch,
         [&] {
             Scratch s;
-            s.log_g.resize(detail::block_rows, K);
-            if (want_gradient) s.g.resize(detail::block_rows, K);
+            s.log_g.resize(detail::block_rows, max_K);
+            if (any_derivatives) s.g.resize(detail::block_rows, max_K);
             s.coef.resize(static_cast<std::size_t>(detail::block_rows));
             s.norm.resize(static_cast<std::size_t>(detail::block_rows));
             s.columns.resize(static_cast<std::size_t>(m));
-            if (node) {
-                s.t.resize(detail::block_rows, K);
+            if (any_node) {
+                s.t.resize(detail::block_rows, max_K);
                 s.w.resize(static_cast<std::size_t>(detail::block_rows));
+                s.child.resize(static_cast<std::size_t>(max_K));
             }
             return s;
         },
-        [&](Index b, double* slot, Scratch& s) {
+        [&](Index b, double* block_slot, Scratch& s) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
             for (Index j = 0; j < m; ++j) s.columns[static_cast<std::size_t>(j)] = design.column(j, begin);
-            // The weights and the targets h_k (column k of resp, or a tree node's, formed here
-            // into scratch; the norm buffer is free until the log-softmax below).
-            const double* w = targets.weights + begin;
-            const double* h0 = targets.resp + begin;
-            Index ldh = targets.ld;
-            if (node) {
-                node_targets_block(targets, begin, rows, s.t.data(), s.w.data(), s.norm.data());
-                w = s.w.data();
-                h0 = s.t.data();
-                ldh = s.t.outerStride();
-            }
-            const Index ld = s.log_g.outerStride();
-            // Scores z̃_i V, then their row log-softmax.
-            softmax_scores_block(v, design, begin, rows, s.log_g.data(), ld);
-            // Row log-softmax in place, and with derivatives also the probabilities g (one exp
-            // per entry).
-            const Index ldg = s.g.outerStride();
-            if (want_gradient)
-                detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
-            else
-                detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
-            // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
-            for (Index k = 0; k < K; ++k)
-                slot[0] += detail::masked_weighted_sum_block(
-                    w, h0 + k * ldh, s.log_g.data() + k * ld, rows);
-            if (!want_gradient) return;
-            double* c = s.coef.data();
-            if (gradient) {
-                for (Index k = 1; k < K; ++k) {
-                    const double* h = h0 + k * ldh;
-                    const double* gk = s.g.data() + k * ldg;
-                    for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
-                    detail::dot_columns_block(s.columns.data(), m, c, rows, slot + 1 + (k - 1) * m);
+            for (std::size_t e = 0; e < evaluations.size(); ++e) {
+                const Evaluation& ev = evaluations[e];
+                const GateTargets& targets = *ev.targets;
+                const Matrix& v = *ev.coefficients;
+                const Index K = sums[e].K;
+                double* slot = block_slot + sums[e].offset;
+                const bool want_gradient = ev.gradient != nullptr || ev.hessian != nullptr;
+                // The weights and the targets h_k (column k of resp, or a tree node's, formed
+                // here into scratch; the norm buffer is free until the log-softmax below).
+                const double* w = targets.weights + begin;
+                const double* h0 = targets.resp + begin;
+                Index ldh = targets.ld;
+                if (targets.children > 0) {
+                    node_targets_block(targets, begin, rows, s.t.data(), s.w.data(), s.norm.data(), s.child.data());
+                    w = s.w.data();
+                    h0 = s.t.data();
+                    ldh = s.t.outerStride();
                 }
-            }
-            if (hessian) {
-                double* h_slot = slot + 1 + grad_size;
-                Index pair = 0;
-                for (Index k = 1; k < K; ++k) {
-                    const double* gk = s.g.data() + k * ldg;
-                    for (Index l = k; l < K; ++l, ++pair) {
-                        const double* gl = s.g.data() + l * ldg;
-                        if (l == k)
-                            for (Index i = 0; i < rows; ++i) c[i] = -w[i] * gk[i] * (1.0 - gl[i]);
-                        else
-                            for (Index i = 0; i < rows; ++i) c[i] = w[i] * gk[i] * gl[i];
-                        detail::weighted_crossprod_block(c, s.columns.data(), rows, m, m, h_slot + pair * m * m);
+                const Index ld = s.log_g.outerStride();
+                // Scores z̃_i V, then their row log-softmax.
+                softmax_scores_block(v, design, begin, rows, s.log_g.data(), ld);
+                // Row log-softmax in place, and with derivatives also the probabilities g (one
+                // exp per entry).
+                const Index ldg = s.g.outerStride();
+                if (want_gradient)
+                    detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
+                else
+                    detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
+                // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where
+                // log g_ik = −∞.
+                for (Index k = 0; k < K; ++k)
+                    slot[0] += detail::masked_weighted_sum_block(w, h0 + k * ldh, s.log_g.data() + k * ld, rows);
+                if (!want_gradient) continue;
+                double* c = s.coef.data();
+                if (ev.gradient) {
+                    for (Index k = 1; k < K; ++k) {
+                        const double* h = h0 + k * ldh;
+                        const double* gk = s.g.data() + k * ldg;
+                        for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
+                        detail::dot_columns_block(s.columns.data(), m, c, rows, slot + 1 + (k - 1) * m);
+                    }
+                }
+                if (ev.hessian) {
+                    double* h_slot = slot + 1 + sums[e].grad_size;
+                    Index pair = 0;
+                    for (Index k = 1; k < K; ++k) {
+                        const double* gk = s.g.data() + k * ldg;
+                        for (Index l = k; l < K; ++l, ++pair) {
+                            const double* gl = s.g.data() + l * ldg;
+                            if (l == k)
+                                for (Index i = 0; i < rows; ++i) c[i] = -w[i] * gk[i] * (1.0 - gl[i]);
+                            else
+                                for (Index i = 0; i < rows; ++i) c[i] = w[i] * gk[i] * gl[i];
+                            detail::weighted_crossprod_block(c, s.columns.data(), rows, m, m, h_slot + pair * m * m);
+                        }
                     }
                 }
             }
         },
-        [&](const double* slot, Index) {
-            value += slot[0];
-            if (gradient) grad += Eigen::Map<const Matrix>(slot + 1, m, F);
-            for (Index p = 0; p < static_cast<Index>(blocks.size()); ++p)
-                blocks[static_cast<std::size_t>(p)] += Eigen::Map<const Matrix>(slot + 1 + grad_size + p * m * m, m, m);
-        });
-    value -= penalty_of(v, gate_l2);
-    if (gradient) {
-        if (m > 1) grad.bottomRows(m - 1) -= gate_l2 * v.rightCols(F).bottomRows(m - 1);
-        *gradient = Eigen::Map<const Vector>(grad.data(), m * F);
-    }
-    if (hessian) {
-        const Index P = m * F;
-        hessian->resize(P, P);
-        Index pair = 0;
-        for (Index k = 1; k < K; ++k) {
-            for (Index l = k; l < K; ++l, ++pair) {
-                Matrix& block = blocks[static_cast<std::size_t>(pair)];
-                block.triangularView<Eigen::StrictlyLower>() = block.transpose();
-                hessian->block((k - 1) * m, (l - 1) * m, m, m) = block;
-                if (l != k) hessian->block((l - 1) * m, (k - 1) * m, m, m) = block.transpose();
+        [&](const double* block_slot, Index) {
+            for (std::size_t e = 0; e < evaluations.size(); ++e) {
+                Sums& t = sums[e];
+                const double* slot = block_slot + t.offset;
+                t.value += slot[0];
+                if (evaluations[e].gradient) t.grad += Eigen::Map<const Matrix>(slot + 1, m, t.F);
+                for (Index p = 0; p < static_cast<Index>(t.blocks.size()); ++p)
+                    t.blocks[static_cast<std::size_t>(p)] += Eigen::Map<const Matrix>(slot + 1 + t.grad_size + p * m * m, m, m);
             }
-            for (Index j = 1; j < m; ++j) (*hessian)((k - 1) * m + j, (k - 1) * m + j) -= gate_l2;
+        });
+    for (std::size_t e = 0; e < evaluations.size(); ++e) {
+        Evaluation& ev = evaluations[e];
+        Sums& t = sums[e];
+        const Matrix& v = *ev.coefficients;
+        const Index K = t.K;
+        const Index F = t.F;
+        ev.value = t.value - penalty_of(v, gate_l2);
+        if (ev.gradient) {
+            if (m > 1) t.grad.bottomRows(m - 1) -= gate_l2 * v.rightCols(F).bottomRows(m - 1);
+            *ev.gradient = Eigen::Map<const Vector>(t.grad.data(), m * F);
+        }
+        if (ev.hessian) {
+            Matrix* hessian = ev.hessian;
+            const Index P = m * F;
+            hessian->resize(P, P);
+            Index pair = 0;
+            for (Index k = 1; k < K; ++k) {
+                for (Index l = k; l < K; ++l, ++pair) {
+                    Matrix& block = t.blocks[static_cast<std::size_t>(pair)];
+                    block.triangularView<Eigen::StrictlyLower>() = block.transpose();
+                    hessian->block((k - 1) * m, (l - 1) * m, m, m) = block;
+                    if (l != k) hessian->block((l - 1) * m, (k - 1) * m, m, m) = block.transpose();
+                }
+                for (Index j = 1; j < m; ++j) (*hessian)((k - 1) * m + j, (k - 1) * m + j) -= gate_l2;
+            }
         }
     }
-    return value;
 }
 
 } // namespace
