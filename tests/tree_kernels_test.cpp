@@ -6,7 +6,8 @@
 // - the tree M-step (update_gate, whose node targets and weights are formed per block inside
 //   the Newton passes) against a naive IRLS per node on the log-space targets
 //   exp(log h_child − log h_node) and weights w_i exp(log h_node), uniform targets where the
-//   node's log mass is −∞, iterated to convergence;
+//   node's log mass is −∞, iterated to convergence; and each node, fitted in lockstep with the
+//   others, against the flat softmax M-step on that node's targets and weights, to the bit;
 // - both bit-identical with 1 and 2 threads.
 // 9000 rows (blocks of 4096, 4096 and 808 rows) and an uneven 3x2 tree; some samples have no
 // responsibility at all under a subtree (log mass −∞ there), some only under one child.
@@ -316,6 +317,33 @@ TEST_CASE("the blocked tree M-step equals a naive per-node IRLS, including nodes
         CHECK(max_abs_diff(tree.nodes[j], naive) < 1e-9 * (1.0 + naive.cwiseAbs().maxCoeff()));
     }
     CHECK(report.objective == Approx(naive_total).epsilon(1e-12));
+
+    // Each node, fitted together with the others (in lockstep), gets the bits it gets alone:
+    // the flat softmax M-step on the node's targets h_child / h_node and weights w_i h_node,
+    // formed here as the kernel forms them (sums in leaf order; uniform where h_node = 0).
+    for (std::size_t j = 0; j < 4; ++j) {
+        const Index first = j == 0 ? 0 : 2 * static_cast<Index>(j - 1);
+        const Index b = j == 0 ? 3 : 2;
+        const Index child_span = j == 0 ? 2 : 1;
+        Matrix targets(n_rows, b);
+        Dataset node_data = data;
+        for (Index i = 0; i < n_rows; ++i) {
+            for (Index c = 0; c < b; ++c) {
+                double mass = resp(i, first + c * child_span);
+                for (Index k = 1; k < child_span; ++k) mass += resp(i, first + c * child_span + k);
+                targets(i, c) = mass;
+            }
+            double node = targets(i, 0) + targets(i, 1);
+            for (Index c = 2; c < b; ++c) node += targets(i, c);
+            for (Index c = 0; c < b; ++c)
+                targets(i, c) = node > 0.0 ? targets(i, c) / node : 1.0 / static_cast<double>(b);
+            node_data.weights(i) = data.weights(i) * node;
+        }
+        Gate alone = SoftmaxGate{start.nodes[j]};
+        update_gate(alone, node_data, targets, options);
+        INFO("node " << j);
+        CHECK(max_abs_diff(std::get<SoftmaxGate>(alone).coefficients, tree.nodes[j]) == 0.0);
+    }
 
     // The same bits with 2 threads.
     Gate fitted2 = start;
