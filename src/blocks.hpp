@@ -17,6 +17,7 @@
 
 #include "moekit/covariance.hpp"
 #include "moekit/experts.hpp"
+#include "moekit/gates.hpp"
 #include "moekit/model.hpp"
 
 #include <algorithm>
@@ -152,6 +153,22 @@ void expert_log_densities_block(const Experts& experts,
                                 Index ld,
                                 ExpertScratch& scratch,
                                 const double* offsets = nullptr);
+
+/// Per-thread work space of the tree gate's blocked E-step kernel.
+struct TreeGateScratch {
+    Matrix scores;              ///< block_rows × (largest branching): one node's log-softmax
+    std::vector<double> norm;   ///< block_rows
+};
+
+/// Sizes `s` for `tree`.
+void reserve_scratch(TreeGateScratch& s, const TreeGate& tree);
+
+/// log g_k(z_i) of a tree gate (HME) for rows [begin, begin + rows) of `data`, written to
+/// out[i + k·ld] (K leaves; ld >= rows): per node the scores z̃_i V and their log-softmax,
+/// summed along each path while the block is in cache. The same bits as
+/// gate_log_probabilities(tree, data) (which runs this kernel over every block).
+void tree_gate_log_probabilities_block(
+    const TreeGate& tree, const Dataset& data, Index begin, Index rows, double* out, Index ld, TreeGateScratch& s);
 
 /// Row-wise log-sum-exp of rows [0, rows) of a column-major block `a` (leading dimension lda,
 /// `cols` columns), rows <= block_rows; the contract of log_sum_exp_rows.

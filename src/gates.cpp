@@ -76,19 +76,85 @@ DesignColumns columns_of(const Dataset& data) {
     return {data.z.data(), data.z.outerStride(), data.n_samples(), data.z.cols() + 1, true};
 }
 
+/// What a softmax's Newton objective is fitted to: per-sample weights and soft targets.
+/// Flat (children == 0): the weights w_i and the targets h_ik, the K columns of `resp`. A node
+/// of a tree gate (children = b): the targets are the posteriors of the node's b children given
+/// the node, h_child / h_node, and the weights w_i h_node, where h_node and h_child are sums of
+/// the columns [first, first + span) of `resp` (b groups of span / b leaves). They are formed
+/// per sample block inside every pass (no n-sized targets), see node_targets_block.
+struct GateTargets {
+    const double* weights;
+    const double* resp;
+    Index ld;
+    Index first = 0;
+    Index span = 0;
+    Index children = 0;
+};
+
+GateTargets flat_targets(const ConstVectorRef& weights, const ConstMatrixRef& resp) {
+    return {weights.data(), resp.data(), resp.outerStride()};
+}
+
+/// One objective evaluation of a pass over the data: the softmax with coefficients V fitted to
+/// `targets`; its penalised objective goes to `value`, and the gradient and Hessian with
+/// respect to the free coefficients to the vectors given (none when null).
+struct Evaluation {
+    const Matrix* coefficients = nullptr;
+    const GateTargets* targets = nullptr;
+    Vector* gradient = nullptr;
+    Matrix* hessian = nullptr;
+    double value = 0.0;
+};
+
+void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& evaluations, double gate_l2);
+
 double objective_impl(const SoftmaxGate& gate,
                       const DesignColumns& design,
-                      const ConstVectorRef& weights,
-                      const ConstMatrixRef& resp,
+                      const GateTargets& targets,
                       double gate_l2,
                       Vector* gradient,
-                      Matrix* hessian);
+                      Matrix* hessian) {
+    std::vector<Evaluation> one{{&gate.coefficients, &targets, gradient, hessian}};
+    evaluate_objectives(design, one, gate_l2);
+    return one[0].value;
+}
 
-/// Row-wise log-softmax of the scores z̃ V: n×K.
+/// The scores z̃_i V of rows [begin, begin + rows) of the design, written to out[i + k·ld]
+/// (K = v.cols() columns): v_0k (with the implicit intercept) or 0, then + v_jk z̃_ij for each
+/// further column in order, per sample in a register (detail::linear_scores_block; the E-step
+/// forms a flat softmax's scores the same way, so all passes give the same bits).
+void softmax_scores_block(const Matrix& v, const DesignColumns& design, Index begin, Index rows, double* out, Index ld) {
+    constexpr Index max_inline = 64;
+    const double* inline_columns[max_inline];
+    std::vector<const double*> many;
+    const double** columns = inline_columns;
+    if (design.m > max_inline) {
+        many.resize(static_cast<std::size_t>(design.m));
+        columns = many.data();
+    }
+    for (Index j = 0; j < design.m; ++j) columns[j] = design.column(j, begin);
+    detail::linear_scores_block(v, columns, design.intercept, rows, out, ld);
+}
+
+/// Row-wise log-softmax of the scores z̃ V: n×K, block by block in parallel.
+Matrix softmax_log_probabilities(const Matrix& coefficients, const DesignColumns& design) {
+    const Index n = design.n;
+    const Index K = coefficients.cols();
+    Matrix out(n, K);
+    std::vector<std::vector<double>> scratch;
+    detail::for_each_block(
+        n, scratch, [] { return std::vector<double>(static_cast<std::size_t>(detail::block_rows)); },
+        [&](Index b, std::vector<double>& norm) {
+            const Index begin = detail::block_begin(b);
+            const Index rows = detail::block_size(b, n);
+            softmax_scores_block(coefficients, design, begin, rows, out.data() + begin, n);
+            detail::log_softmax_block(out.data() + begin, n, rows, K, norm.data());
+        });
+    return out;
+}
+
 Matrix softmax_log_probabilities(const Matrix& coefficients, const ConstMatrixRef& design) {
-    Matrix scores = design * coefficients;
-    log_softmax_rows_in_place(scores);
-    return scores;
+    return softmax_log_probabilities(coefficients, columns_of(design));
 }
 
 double penalty_of(const Matrix& coefficients, double gate_l2) {
@@ -104,89 +170,194 @@ Matrix from_free(const Vector& theta, Index rows, Index K) {
 
 /// IRLS/Newton steps on one softmax: maximises Σ_i a_i Σ_c t_ic log softmax(Vᵀ z̃_i)_c − penalty
 /// over the free columns 1.. of V, with step halving so the objective never decreases.
-GateUpdateReport newton_softmax(Matrix& coefficients,
-                                const DesignColumns& design,
-                                const ConstVectorRef& weights,
-                                const ConstMatrixRef& targets,
-                                const GateOptions& options,
-                                const detail::SoftmaxStart* start = nullptr) {
-    GateUpdateReport report;
-    const Index K = coefficients.cols();
-    const Index rows = coefficients.rows();
-    SoftmaxGate gate{coefficients};
-    Vector gradient;
-    Matrix hessian;
-    Vector trial_gradient;
-    Matrix trial_hessian;
-    // The objective and its derivatives at the current coefficients: given (gathered by the
-    // E-step's pass, the same bits) or computed here.
-    double current = 0.0;
-    if (start) {
-        current = start->value;
-        gradient = start->gradient;
-        hessian = start->hessian;
-    } else {
-        current = objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
+///
+/// Written as a state machine (request() the next evaluation, take() its value) so that
+/// several independent softmaxes, the nodes of a tree, advance in lockstep with their
+/// objectives evaluated in one pass over the data per round (newton_lockstep). Each does
+/// exactly the steps, and gets exactly the bits, it would alone.
+class NewtonSoftmax {
+  public:
+    /// `start`: the objective, gradient and Hessian at the current coefficients, already
+    /// evaluated (by the E-step's pass, the same bits): the first pass over the data is skipped.
+    NewtonSoftmax(Matrix& coefficients,
+                  const GateTargets& targets,
+                  const GateOptions& options,
+                  const detail::SoftmaxStart* start = nullptr)
+        : out_(&coefficients),
+          targets_(targets),
+          options_(&options),
+          K_(coefficients.cols()),
+          rows_(coefficients.rows()),
+          gate_{coefficients} {
+        if (start) {
+            gradient_ = start->gradient;
+            hessian_ = start->hessian;
+            take(start->value); // as if the initial evaluation had just returned
+        }
     }
-    report.objective = current;
-    if (K == 1) return report;
-    for (int step = 0; step < options.newton_steps; ++step) {
+
+    bool done() const { return phase_ == Phase::Done; }
+    const GateUpdateReport& report() const { return report_; }
+
+    /// The evaluation needed next (pointers into this object: keep it in place until take()).
+    Evaluation request() {
+        if (phase_ == Phase::Trial) {
+            // The full step is evaluated together with its gradient and Hessian: it is almost
+            // always accepted, and its derivatives are the next step's, so the pass over the
+            // data that would recompute them is saved (the objective is computed the same way
+            // in both passes, so the result is unchanged). Not on the last step, whose
+            // derivatives would go unused, nor for halved steps.
+            const bool derivatives = trial_derivatives();
+            return {&trial_.coefficients, &targets_, derivatives ? &trial_gradient_ : nullptr,
+                    derivatives ? &trial_hessian_ : nullptr};
+        }
+        return {&gate_.coefficients, &targets_, &gradient_, &hessian_}; // initial or refresh
+    }
+
+    /// The value of request()'s evaluation (its gradient and Hessian already written).
+    void take(double value) {
+        switch (phase_) {
+        case Phase::Initial:
+            current_ = value;
+            report_.objective = current_;
+            if (K_ == 1) {
+                phase_ = Phase::Done;
+                return;
+            }
+            begin_step();
+            return;
+        case Phase::Refresh:
+            current_ = value;
+            ++step_;
+            begin_step();
+            return;
+        case Phase::Trial:
+            if (std::isfinite(value) && value >= current_) {
+                const bool derivatives = trial_derivatives();
+                gate_ = std::move(trial_);
+                const bool accepted = value > current_;
+                current_ = value;
+                report_.step_halvings += halving_;
+                if (!accepted) {
+                    report_.stalled = true;
+                    finish();
+                    return;
+                }
+                ++report_.newton_steps;
+                if (last_) {
+                    finish();
+                    return;
+                }
+                if (derivatives) {
+                    gradient_.swap(trial_gradient_);
+                    hessian_.swap(trial_hessian_);
+                    ++step_;
+                    begin_step();
+                } else {
+                    phase_ = Phase::Refresh;
+                }
+                return;
+            }
+            t_ *= 0.5;
+            if (++halving_ > 30) {
+                report_.stalled = true;
+                finish();
+                return;
+            }
+            make_trial();
+            return;
+        case Phase::Done: return;
+        }
+    }
+
+  private:
+    enum class Phase { Initial, Trial, Refresh, Done };
+
+    bool trial_derivatives() const { return !last_ && halving_ == 0; }
+
+    void begin_step() {
+        if (step_ >= options_->newton_steps) {
+            finish();
+            return;
+        }
         // Newton direction: (−H) Δ = ∇. −H is positive semidefinite; LDLT copes with the
         // semidefinite case (a child with no mass anywhere), and a failure falls back to the
         // gradient direction.
-        Eigen::LDLT<Matrix> ldlt(-hessian);
-        Vector direction = ldlt.solve(gradient);
-        if (ldlt.info() != Eigen::Success || !direction.allFinite() || gradient.dot(direction) <= 0.0)
-            direction = gradient;
+        Eigen::LDLT<Matrix> ldlt(-hessian_);
+        direction_ = ldlt.solve(gradient_);
+        if (ldlt.info() != Eigen::Success || !direction_.allFinite() || gradient_.dot(direction_) <= 0.0)
+            direction_ = gradient_;
         // Stop when the predicted increase ½ ∇ᵀΔ is at round-off level.
-        if (0.5 * gradient.dot(direction) <= 1e-13 * (1.0 + std::abs(current))) break;
-        const Matrix free = gate.coefficients.rightCols(K - 1);
-        const Vector base = Eigen::Map<const Vector>(free.data(), rows * (K - 1));
-        // The full step is evaluated together with its gradient and Hessian: it is almost
-        // always accepted, and its derivatives are the next step's, so the pass over the data
-        // that would recompute them is saved (the objective is computed the same way in both
-        // passes, so the result is unchanged). Not on the last step, whose derivatives would
-        // go unused, nor for halved steps.
-        const bool last = step + 1 == options.newton_steps;
-        double t = 1.0;
-        bool accepted = false;
-        bool have_derivatives = false;
-        for (int halving = 0; halving <= 30; ++halving) {
-            SoftmaxGate trial{from_free(base + t * direction, rows, K)};
-            const bool derivatives = !last && halving == 0;
-            const double value = objective_impl(trial,
-                                                        design,
-                                                        weights,
-                                                        targets,
-                                                        options.gate_l2,
-                                                        derivatives ? &trial_gradient : nullptr,
-                                                        derivatives ? &trial_hessian : nullptr);
-            if (std::isfinite(value) && value >= current) {
-                gate = std::move(trial);
-                accepted = value > current;
-                current = value;
-                report.step_halvings += halving;
-                have_derivatives = derivatives;
-                break;
-            }
-            t *= 0.5;
+        if (0.5 * gradient_.dot(direction_) <= 1e-13 * (1.0 + std::abs(current_))) {
+            finish();
+            return;
         }
-        if (!accepted) {
-            report.stalled = true;
-            break;
-        }
-        ++report.newton_steps;
-        if (last) break;
-        if (have_derivatives) {
-            gradient.swap(trial_gradient);
-            hessian.swap(trial_hessian);
-        } else {
-            current = objective_impl(gate, design, weights, targets, options.gate_l2, &gradient, &hessian);
-        }
+        const Matrix free = gate_.coefficients.rightCols(K_ - 1);
+        base_ = Eigen::Map<const Vector>(free.data(), rows_ * (K_ - 1));
+        last_ = step_ + 1 == options_->newton_steps;
+        t_ = 1.0;
+        halving_ = 0;
+        make_trial();
+        phase_ = Phase::Trial;
     }
-    report.objective = current;
-    coefficients = std::move(gate.coefficients);
-    return report;
+
+    void make_trial() { trial_ = SoftmaxGate{from_free(base_ + t_ * direction_, rows_, K_)}; }
+
+    void finish() {
+        report_.objective = current_;
+        *out_ = std::move(gate_.coefficients);
+        phase_ = Phase::Done;
+    }
+
+    Matrix* out_;
+    GateTargets targets_;
+    const GateOptions* options_;
+    Index K_;
+    Index rows_;
+    SoftmaxGate gate_;
+    SoftmaxGate trial_;
+    Vector gradient_;
+    Matrix hessian_;
+    Vector trial_gradient_;
+    Matrix trial_hessian_;
+    Vector direction_;
+    Vector base_;
+    double current_ = 0.0;
+    double t_ = 1.0;
+    int step_ = 0;
+    int halving_ = 0;
+    bool last_ = false;
+    Phase phase_ = Phase::Initial;
+    GateUpdateReport report_;
+};
+
+/// Runs independent Newton iterations in lockstep: each round evaluates every unfinished
+/// one's pending objective in a single pass over the data (evaluate_objectives).
+void newton_lockstep(std::vector<NewtonSoftmax>& solvers, const DesignColumns& design, double gate_l2) {
+    std::vector<Evaluation> evaluations;
+    std::vector<std::size_t> owner;
+    while (true) {
+        evaluations.clear();
+        owner.clear();
+        for (std::size_t j = 0; j < solvers.size(); ++j)
+            if (!solvers[j].done()) {
+                evaluations.push_back(solvers[j].request());
+                owner.push_back(j);
+            }
+        if (evaluations.empty()) return;
+        evaluate_objectives(design, evaluations, gate_l2);
+        for (std::size_t e = 0; e < evaluations.size(); ++e) solvers[owner[e]].take(evaluations[e].value);
+    }
+}
+
+GateUpdateReport newton_softmax(Matrix& coefficients,
+                                const DesignColumns& design,
+                                const GateTargets& targets,
+                                const GateOptions& options) {
+    std::vector<NewtonSoftmax> solver;
+    solver.emplace_back(coefficients, targets, options);
+    newton_lockstep(solver, design, options.gate_l2);
+    return solver[0].report();
 }
 
 /// Leaves under one node of depth l: Π_{m>=l} branching[m].
@@ -219,53 +390,141 @@ template <class F> void for_each_node(const std::vector<Index>& branching, F&& f
     }
 }
 
-/// Leaf log-probabilities of a tree: the downward pass, summing log-softmax along each path.
-Matrix tree_log_probabilities(const TreeGate& tree, const Matrix& design) {
-    const Index n = design.rows();
-    Matrix log_path = Matrix::Zero(n, 1); // nodes of the current depth
+/// Leaf log-probabilities of a tree for rows [begin, begin + rows) of the design, written to
+/// out[i + k·ld] (K leaves): the downward pass, summing log-softmax along each path, one node
+/// at a time while the block is in cache. A node's path is kept in the column of its first
+/// leaf; its children's paths are written from the last child to the first, so the first
+/// child's overwrites the node's only when nothing needs it any more. `scores`: block_rows ×
+/// (largest branching) doubles; `norm`: block_rows doubles.
+void tree_block(const TreeGate& tree,
+                const DesignColumns& design,
+                Index begin,
+                Index rows,
+                double* out,
+                Index ld,
+                double* scores,
+                double* norm) {
+    const Index lds = detail::block_rows;
     Index node = 0;
+    Index count = 1;
     for (std::size_t l = 0; l < tree.branching.size(); ++l) {
         const Index b = tree.branching[l];
-        Matrix next(n, log_path.cols() * b);
-        for (Index p = 0; p < log_path.cols(); ++p, ++node) {
-            const Matrix local = softmax_log_probabilities(tree.nodes[static_cast<std::size_t>(node)], design);
-            for (Index c = 0; c < b; ++c) next.col(p * b + c) = log_path.col(p) + local.col(c);
+        const Index span = leaves_below(tree.branching, l);
+        const Index child_span = span / b;
+        for (Index p = 0; p < count; ++p, ++node) {
+            const Matrix& v = tree.nodes[static_cast<std::size_t>(node)];
+            if (l == 0) {
+                // The root's log-softmax goes straight to its children's columns.
+                softmax_scores_block(v, design, begin, rows, out, child_span * ld);
+                detail::log_softmax_block(out, child_span * ld, rows, b, norm);
+                continue;
+            }
+            softmax_scores_block(v, design, begin, rows, scores, lds);
+            detail::log_softmax_block(scores, lds, rows, b, norm);
+            const double* path = out + p * span * ld;
+            for (Index c = b - 1; c >= 0; --c) {
+                double* child = out + (p * span + c * child_span) * ld;
+                const double* local = scores + c * lds;
+                for (Index i = 0; i < rows; ++i) child[i] = path[i] + local[i];
+            }
         }
-        log_path = std::move(next);
+        count *= b;
     }
-    return log_path;
 }
 
-/// Upward pass: log posterior of each node's subtree, log Σ_{k under node} h_ik, from log h.
-Vector log_subtree(const Matrix& log_resp, Index first_leaf, Index span) {
-    return log_sum_exp_rows(log_resp.middleCols(first_leaf, span));
+Index max_branching(const TreeGate& tree) {
+    return *std::max_element(tree.branching.begin(), tree.branching.end());
+}
+
+/// Leaf log-probabilities of a tree: n×K, block by block in parallel (tree_block).
+Matrix tree_log_probabilities(const TreeGate& tree, const DesignColumns& design) {
+    const Index n = design.n;
+    Matrix out(n, leaves_below(tree.branching, 0));
+    std::vector<Matrix> scratch;
+    detail::for_each_block(
+        n, scratch, [&] { return Matrix(detail::block_rows, max_branching(tree) + 1); },
+        [&](Index b, Matrix& s) {
+            const Index begin = detail::block_begin(b);
+            tree_block(tree, design, begin, detail::block_size(b, n), out.data() + begin, n, s.data(),
+                       s.data() + max_branching(tree) * detail::block_rows);
+        });
+    return out;
+}
+
+/// The targets and weights of a tree node (GateTargets) for rows [begin, begin + rows):
+/// t[i + c·block_rows] = h_child c / h_node, w[i] = w_i h_node, where h_child is the sum of the
+/// child's leaf responsibilities (in leaf order) and h_node the sum of the children's. Where the
+/// node's mass is 0 (its log mass −∞; also NaN or +∞: log mass not finite) the targets are
+/// uniform, 1/b, as they always were. The responsibilities are probabilities in [0, 1], so the
+/// sums cannot underflow below their largest term, and the ratio equals exp(log h_child −
+/// log h_node) of the log-space formulation up to rounding (without the error of |log h|·ε
+/// that the log/exp round trip adds). `node`: block_rows doubles; `child`: b pointers.
+void node_targets_block(
+    const GateTargets& tg, Index begin, Index rows, double* t, double* w, double* node, const double** child) {
+    const Index b = tg.children;
+    const Index child_span = tg.span / b;
+    auto leaf = [&](Index k) { return tg.resp + (tg.first + k) * tg.ld + begin; };
+    // The children's masses (child[c]): the leaf column itself for a single leaf, else the sum
+    // into t.
+    for (Index c = 0; c < b; ++c) {
+        if (child_span == 1) {
+            child[static_cast<std::size_t>(c)] = leaf(c);
+            continue;
+        }
+        double* tc = t + c * detail::block_rows;
+        const double* h0 = leaf(c * child_span);
+        const double* h1 = leaf(c * child_span + 1);
+        for (Index i = 0; i < rows; ++i) tc[i] = h0[i] + h1[i];
+        for (Index k = 2; k < child_span; ++k) {
+            const double* hk = leaf(c * child_span + k);
+            for (Index i = 0; i < rows; ++i) tc[i] += hk[i];
+        }
+        child[static_cast<std::size_t>(c)] = tc;
+    }
+    {
+        const double* c0 = child[0];
+        const double* c1 = child[1];
+        for (Index i = 0; i < rows; ++i) node[i] = c0[i] + c1[i];
+        for (Index c = 2; c < b; ++c) {
+            const double* cc = child[static_cast<std::size_t>(c)];
+            for (Index i = 0; i < rows; ++i) node[i] += cc[i];
+        }
+    }
+    const double uniform = 1.0 / static_cast<double>(b);
+    constexpr double largest = std::numeric_limits<double>::max();
+    for (Index c = 0; c < b; ++c) {
+        const double* cc = child[static_cast<std::size_t>(c)];
+        double* tc = t + c * detail::block_rows;
+        for (Index i = 0; i < rows; ++i) tc[i] = node[i] > 0.0 && node[i] <= largest ? cc[i] / node[i] : uniform;
+    }
+    const double* wi = tg.weights + begin;
+    for (Index i = 0; i < rows; ++i) w[i] = wi[i] * node[i];
 }
 
 GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
-    const DesignColumns design = columns_of(data);
-    const Matrix log_resp = resp.array().log().matrix();
-    GateUpdateReport total;
+    // Each node's softmax is refitted on its soft targets, the posterior of each child given
+    // the node, h_child / h_node, weighted by w_i h_node (formed block by block inside the
+    // Newton passes: node_targets_block). The nodes' problems are independent (each depends
+    // only on the responsibilities), so all of them run in lockstep, one pass over the data
+    // per round for all the nodes instead of one per node.
+    std::vector<NewtonSoftmax> solvers;
+    solvers.reserve(tree.nodes.size());
     for_each_node(tree.branching, [&](Index node, Index depth, Index, Index first, Index span) {
-        // Each node's softmax is refitted on its soft targets, the posterior of each child given
-        // the node, h_child / h_node (computed in log space), weighted by w_i h_node,i.
-        const Index b = tree.branching[static_cast<std::size_t>(depth)];
-        const Index child_span = span / b;
-        const Vector log_node = log_subtree(log_resp, first, span);
-        Matrix targets(design.n, b);
-        for (Index c = 0; c < b; ++c) {
-            const Vector log_child = log_subtree(log_resp, first + c * child_span, child_span);
-            targets.col(c) = (log_child - log_node).array().exp().matrix();
-        }
-        Vector weights = data.weights.cwiseProduct(log_node.array().exp().matrix());
-        for (Index i = 0; i < design.n; ++i)
-            if (!std::isfinite(log_node(i))) targets.row(i).setConstant(1.0 / static_cast<double>(b));
-        const GateUpdateReport r =
-            newton_softmax(tree.nodes[static_cast<std::size_t>(node)], design, weights, targets, options);
+        GateTargets targets = flat_targets(data.weights, resp);
+        targets.first = first;
+        targets.span = span;
+        targets.children = tree.branching[static_cast<std::size_t>(depth)];
+        solvers.emplace_back(tree.nodes[static_cast<std::size_t>(node)], targets, options);
+    });
+    newton_lockstep(solvers, columns_of(data), options.gate_l2);
+    GateUpdateReport total;
+    for (const NewtonSoftmax& solver : solvers) {
+        const GateUpdateReport& r = solver.report();
         total.newton_steps += r.newton_steps;
         total.step_halvings += r.step_halvings;
         total.stalled = total.stalled || r.stalled;
         total.objective += r.objective;
-    });
+    }
     return total;
 }
 
@@ -278,71 +537,111 @@ double softmax_gate_objective(const SoftmaxGate& gate,
                               double gate_l2,
                               Vector* gradient,
                               Matrix* hessian) {
-    return objective_impl(gate, columns_of(design), weights, resp, gate_l2, gradient, hessian);
+    return objective_impl(gate, columns_of(design), flat_targets(weights, resp), gate_l2, gradient, hessian);
 }
 
 namespace {
 
-double objective_impl(const SoftmaxGate& gate,
-                      const DesignColumns& design,
-                      const ConstVectorRef& weights,
-                      const ConstMatrixRef& resp,
-                      double gate_l2,
-                      Vector* gradient,
-                      Matrix* hessian) {
-    // n samples, m = g + 1 design columns, K experts; free parameters are columns 1..K−1.
-    // One blocked pass over the samples (blocks.hpp): per block the log-softmax of z̃ V, the
-    // objective, the gradient Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks
-    // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ (k <= l); block partials added in block order.
+void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& evaluations, double gate_l2) {
+    // n samples, m = g + 1 design columns; per evaluation K experts (children), free parameters
+    // columns 1..K−1. One blocked pass over the samples (blocks.hpp) for all the evaluations:
+    // per block and evaluation the log-softmax of z̃ V, the objective, the gradient
+    // Σ_i w_i z̃_i (h_ik − g_ik) and the Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
+    // (k <= l), each into its own part of the block's slot; block partials added in block
+    // order. An evaluation's arithmetic does not depend on the others in the pass.
     const Index n = design.n;
-    const Index K = gate.coefficients.cols();
     const Index m = design.m;
-    const bool want_gradient = gradient != nullptr || hessian != nullptr;
-    const Matrix& v = gate.coefficients;
+    struct Sums {
+        Index K;
+        Index offset;
+        detail::SoftmaxObjectiveTotals totals;
+    };
+    std::vector<Sums> sums;
+    Index slot_size = 0;
+    Index max_K = 1;
+    bool any_derivatives = false;
+    bool any_node = false;
+    for (const Evaluation& e : evaluations) {
+        const Index K = e.coefficients->cols();
+        Sums t{K, slot_size, detail::SoftmaxObjectiveTotals(m, K, e.gradient != nullptr, e.hessian != nullptr)};
+        slot_size += t.totals.slot_size();
+        max_K = std::max(max_K, K);
+        any_derivatives = any_derivatives || e.gradient || e.hessian;
+        any_node = any_node || e.targets->children > 0;
+        sums.push_back(std::move(t));
+    }
     struct Scratch {
         Matrix log_g;                       ///< block_rows × K
         Matrix g;                           ///< block_rows × K (gradient or Hessian)
         std::vector<double> coef;           ///< block_rows
         std::vector<double> norm;           ///< block_rows
         std::vector<const double*> columns; ///< the m design columns of the block
+        Matrix t;                           ///< block_rows × K: a tree node's targets
+        std::vector<double> w;              ///< block_rows: a tree node's weights
+        std::vector<const double*> child;   ///< K: a tree node's child masses
     };
-    detail::SoftmaxObjectiveTotals totals(m, K, gradient != nullptr, hessian != nullptr);
     std::vector<Scratch> scratch;
     detail::reduce_blocks(
         n,
-        totals.slot_size(),
+        slot_size,
         scratch,
         [&] {
             Scratch s;
-            s.log_g.resize(detail::block_rows, K);
-            if (want_gradient) s.g.resize(detail::block_rows, K);
+            s.log_g.resize(detail::block_rows, max_K);
+            if (any_derivatives) s.g.resize(detail::block_rows, max_K);
             s.coef.resize(static_cast<std::size_t>(detail::block_rows));
             s.norm.resize(static_cast<std::size_t>(detail::block_rows));
             s.columns.resize(static_cast<std::size_t>(m));
+            if (any_node) {
+                s.t.resize(detail::block_rows, max_K);
+                s.w.resize(static_cast<std::size_t>(detail::block_rows));
+                s.child.resize(static_cast<std::size_t>(max_K));
+            }
             return s;
         },
-        [&](Index b, double* slot, Scratch& s) {
+        [&](Index b, double* block_slot, Scratch& s) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
             for (Index j = 0; j < m; ++j) s.columns[static_cast<std::size_t>(j)] = design.column(j, begin);
-            const double* w = weights.data() + begin;
-            const Index ld = s.log_g.outerStride();
-            // Scores z̃_i V (with the implicit intercept: its coefficient, then the inputs, as
-            // the E-step forms them), then their row log-softmax.
-            detail::linear_scores_block(v, s.columns.data(), design.intercept, rows, s.log_g.data(), ld);
-            // Row log-softmax in place, and with derivatives also the probabilities g (one exp
-            // per entry).
-            const Index ldg = s.g.outerStride();
-            if (want_gradient)
-                detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
-            else
-                detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
-            detail::softmax_objective_block(s.columns.data(), m, w, resp.data() + begin, resp.outerStride(), s.log_g.data(), ld,
-                                            s.g.data(), ldg, rows, K, gradient != nullptr, hessian != nullptr,
-                                            s.coef.data(), slot);
+            for (std::size_t e = 0; e < evaluations.size(); ++e) {
+                const Evaluation& ev = evaluations[e];
+                const GateTargets& targets = *ev.targets;
+                const Matrix& v = *ev.coefficients;
+                const Index K = sums[e].K;
+                double* slot = block_slot + sums[e].offset;
+                const bool want_gradient = ev.gradient != nullptr || ev.hessian != nullptr;
+                // The weights and the targets h_k (column k of resp, or a tree node's, formed
+                // here into scratch; the norm buffer is free until the log-softmax below).
+                const double* w = targets.weights + begin;
+                const double* h0 = targets.resp + begin;
+                Index ldh = targets.ld;
+                if (targets.children > 0) {
+                    node_targets_block(targets, begin, rows, s.t.data(), s.w.data(), s.norm.data(), s.child.data());
+                    w = s.w.data();
+                    h0 = s.t.data();
+                    ldh = s.t.outerStride();
+                }
+                const Index ld = s.log_g.outerStride();
+                // Scores z̃_i V, then their row log-softmax.
+                softmax_scores_block(v, design, begin, rows, s.log_g.data(), ld);
+                // Row log-softmax in place, and with derivatives also the probabilities g (one
+                // exp per entry).
+                const Index ldg = s.g.outerStride();
+                if (want_gradient)
+                    detail::softmax_block(s.log_g.data(), ld, rows, K, s.norm.data(), s.g.data(), ldg);
+                else
+                    detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
+                detail::softmax_objective_block(s.columns.data(), m, w, h0, ldh, s.log_g.data(), ld, s.g.data(), ldg, rows,
+                                                K, ev.gradient != nullptr, ev.hessian != nullptr, s.coef.data(), slot);
+            }
         },
-        [&](const double* slot, Index) { totals.add(slot); });
-    return totals.finish(v, gate_l2, gradient, hessian);
+        [&](const double* block_slot, Index) {
+            for (std::size_t e = 0; e < evaluations.size(); ++e) sums[e].totals.add(block_slot + sums[e].offset);
+        });
+    for (std::size_t e = 0; e < evaluations.size(); ++e) {
+        Evaluation& ev = evaluations[e];
+        ev.value = sums[e].totals.finish(*ev.coefficients, gate_l2, ev.gradient, ev.hessian);
+    }
 }
 
 } // namespace
@@ -508,32 +807,15 @@ double SoftmaxObjectiveTotals::finish(const Matrix& v, double gate_l2, Vector* g
 
 } // namespace detail
 
-Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
-    return std::visit(
-        [&](const auto& g) -> Matrix {
-            using T = std::decay_t<decltype(g)>;
-            const Index n = data.n_samples();
-            if constexpr (std::is_same_v<T, ConstantGate>) {
-                RowVector log_w(g.weights.size());
-                for (Index k = 0; k < log_w.size(); ++k) log_w(k) = std::log(g.weights(k)); // see log_plus
-                return log_w.replicate(n, 1);
-            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
-                return softmax_log_probabilities(g.coefficients, gate_design(data));
-            } else if constexpr (std::is_same_v<T, HashGate>) {
-                return hash_log_probabilities(g, data);
-            } else {
-                return tree_log_probabilities(g, gate_design(data));
-            }
-        },
-        gate);
-}
-
 GateUpdateReport detail::update_softmax_gate_from(SoftmaxGate& gate,
                                                   const Dataset& data,
                                                   const ConstMatrixRef& resp,
                                                   const GateOptions& options,
                                                   const SoftmaxStart& start) {
-    return newton_softmax(gate.coefficients, columns_of(data), data.weights, resp, options, &start);
+    std::vector<NewtonSoftmax> solver;
+    solver.emplace_back(gate.coefficients, flat_targets(data.weights, resp), options, &start);
+    newton_lockstep(solver, columns_of(data), options.gate_l2);
+    return solver[0].report();
 }
 
 GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes) {
@@ -544,6 +826,26 @@ GateUpdateReport update_constant_gate(ConstantGate& gate, const Vector& sizes) {
     return report;
 }
 
+Matrix gate_log_probabilities(const Gate& gate, const Dataset& data) {
+    return std::visit(
+        [&](const auto& g) -> Matrix {
+            using T = std::decay_t<decltype(g)>;
+            const Index n = data.n_samples();
+            if constexpr (std::is_same_v<T, ConstantGate>) {
+                RowVector log_w(g.weights.size());
+                for (Index k = 0; k < log_w.size(); ++k) log_w(k) = std::log(g.weights(k)); // see log_plus
+                return log_w.replicate(n, 1);
+            } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
+                return softmax_log_probabilities(g.coefficients, columns_of(data));
+            } else if constexpr (std::is_same_v<T, HashGate>) {
+                return hash_log_probabilities(g, data);
+            } else {
+                return tree_log_probabilities(g, columns_of(data));
+            }
+        },
+        gate);
+}
+
 GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixRef& resp, const GateOptions& options) {
     return std::visit(
         [&](auto& g) -> GateUpdateReport {
@@ -552,7 +854,7 @@ GateUpdateReport update_gate(Gate& gate, const Dataset& data, const ConstMatrixR
                 // Closed form: π_k = Σ_i w_i h_ik / Σ_i w_i (a blocked, parallel, ordered sum).
                 return update_constant_gate(g, detail::weighted_column_sums(resp, data.weights));
             } else if constexpr (std::is_same_v<T, SoftmaxGate>) {
-                return newton_softmax(g.coefficients, columns_of(data), data.weights, resp, options);
+                return newton_softmax(g.coefficients, columns_of(data), flat_targets(data.weights, resp), options);
             } else if constexpr (std::is_same_v<T, HashGate>) {
                 return GateUpdateReport{}; // fixed routing: nothing to learn
             } else {
@@ -790,7 +1092,7 @@ Eigen::VectorXi route_hard(const Gate& gate, const Dataset& data) {
 
 std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& tree, const Dataset& data, const ConstMatrixRef& resp) {
     const Matrix design = gate_design(data);
-    const Matrix log_leaf = tree_log_probabilities(tree, design);
+    const Matrix log_leaf = tree_log_probabilities(tree, columns_of(design));
     Eigen::VectorXi soft_best(design.rows());
     for (Index i = 0; i < design.rows(); ++i) {
         Index best = 0;
@@ -832,5 +1134,19 @@ std::vector<TreeNodeDiagnostics> tree_diagnostics(const TreeGate& tree, const Da
     });
     return out;
 }
+
+namespace detail {
+
+void reserve_scratch(TreeGateScratch& s, const TreeGate& tree) {
+    s.scores.resize(block_rows, max_branching(tree));
+    s.norm.resize(static_cast<std::size_t>(block_rows));
+}
+
+void tree_gate_log_probabilities_block(
+    const TreeGate& tree, const Dataset& data, Index begin, Index rows, double* out, Index ld, TreeGateScratch& s) {
+    tree_block(tree, columns_of(data), begin, rows, out, ld, s.scores.data(), s.norm.data());
+}
+
+} // namespace detail
 
 } // namespace moekit

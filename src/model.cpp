@@ -19,7 +19,8 @@ namespace {
 /// Per-thread work space of the blocked E-step.
 struct JointScratch {
     detail::ExpertScratch experts;
-    Matrix gate;  ///< block_rows × K gate log-probabilities (softmax gate)
+    Matrix gate;  ///< block_rows × K gate log-probabilities (softmax and tree gates)
+    detail::TreeGateScratch tree;
     Matrix joint; ///< block_rows × K (log_likelihood_samples)
     std::vector<double> log_weights; ///< K: a constant gate's log π_k
 };
@@ -27,16 +28,20 @@ struct JointScratch {
 JointScratch make_joint_scratch(const Model& model) {
     JointScratch s;
     detail::reserve_scratch(s.experts, model.experts);
-    if (std::holds_alternative<SoftmaxGate>(model.gate)) s.gate.resize(detail::block_rows, model.n_experts());
+    if (std::holds_alternative<SoftmaxGate>(model.gate) || std::holds_alternative<TreeGate>(model.gate))
+        s.gate.resize(detail::block_rows, model.n_experts());
+    if (const auto* t = std::get_if<TreeGate>(&model.gate)) detail::reserve_scratch(s.tree, *t);
     if (std::holds_alternative<ConstantGate>(model.gate)) s.log_weights.resize(static_cast<std::size_t>(model.n_experts()));
     return s;
 }
 
-/// log g_k(z_i) of the whole data for gates without a blocked kernel here (tree gates); empty
-/// for the constant and softmax gates, which are computed block by block.
+/// log g_k(z_i) of the whole data for gates without a blocked kernel here (hash gates, sparse
+/// top-k gating); empty for the constant, softmax and tree gates, which are computed block by
+/// block.
 Matrix unblocked_gate(const Model& model, const Dataset& data) {
     if (model.top_k == 0 &&
-        (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate)))
+        (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate) ||
+         std::holds_alternative<TreeGate>(model.gate)))
         return Matrix();
     return gate_log_probabilities(model, data);
 }
@@ -89,6 +94,12 @@ void joint_block(const Model& model,
         detail::log_softmax_block(scores, lds, rows, K, norm);
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += Eigen::Map<const Eigen::ArrayXd>(scores + k * lds, rows);
+    } else if (const auto* t = std::get_if<TreeGate>(&model.gate)) {
+        // The leaf log-probabilities of the tree, as gate_log_probabilities, per block.
+        const Index lds = s.gate.outerStride();
+        detail::tree_gate_log_probabilities_block(*t, data, begin, rows, s.gate.data(), lds, s.tree);
+        for (Index k = 0; k < K; ++k)
+            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += Eigen::Map<const Eigen::ArrayXd>(s.gate.data() + k * lds, rows);
     } else {
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
