@@ -8,7 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
-packages=(cmake g++ make libeigen3-dev libboost-math-dev catch2 libcli11-dev libfccp-dev nlohmann-json3-dev)
+packages=(cmake g++ make libeigen3-dev libboost-math-dev catch2 libcli11-dev nlohmann-json3-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
