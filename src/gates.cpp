@@ -207,9 +207,15 @@ class NewtonSoftmax {
             // data that would recompute them is saved (the objective is computed the same way
             // in both passes, so the result is unchanged). Not on the last step, whose
             // derivatives would go unused, nor for halved steps.
+            // A step whose predicted increase is already tiny is almost surely the last: its
+            // Hessian would only confirm that (the next prediction, quadratically smaller, is
+            // below the stopping level), so it is not gathered; the stopping test then uses
+            // the previous Hessian, and if that does not stop, a refresh pass computes the
+            // current one (begin_step).
             const bool derivatives = trial_derivatives();
+            const bool hessian = derivatives && !small_step_;
             return {&trial_.coefficients, &targets_, derivatives ? &trial_gradient_ : nullptr,
-                    derivatives ? &trial_hessian_ : nullptr};
+                    hessian ? &trial_hessian_ : nullptr};
         }
         return {&gate_.coefficients, &targets_, &gradient_, &hessian_}; // initial or refresh
     }
@@ -231,6 +237,12 @@ class NewtonSoftmax {
             ++step_;
             begin_step();
             return;
+        case Phase::RefreshHessian:
+            // The same point and objective (the same bits); now with its own Hessian.
+            current_ = value;
+            hessian_stale_ = false;
+            begin_step();
+            return;
         case Phase::Trial:
             if (std::isfinite(value) && value >= current_) {
                 const bool derivatives = trial_derivatives();
@@ -250,7 +262,10 @@ class NewtonSoftmax {
                 }
                 if (derivatives) {
                     gradient_.swap(trial_gradient_);
-                    hessian_.swap(trial_hessian_);
+                    if (small_step_)
+                        hessian_stale_ = true; // the previous point's, kept for the stopping test
+                    else
+                        hessian_.swap(trial_hessian_);
                     ++step_;
                     begin_step();
                 } else {
@@ -271,7 +286,7 @@ class NewtonSoftmax {
     }
 
   private:
-    enum class Phase { Initial, Trial, Refresh, Done };
+    enum class Phase { Initial, Trial, Refresh, RefreshHessian, Done };
 
     bool trial_derivatives() const { return !last_ && halving_ == 0; }
 
@@ -288,10 +303,20 @@ class NewtonSoftmax {
         if (ldlt.info() != Eigen::Success || !direction_.allFinite() || gradient_.dot(direction_) <= 0.0)
             direction_ = gradient_;
         // Stop when the predicted increase ½ ∇ᵀΔ is at round-off level.
-        if (0.5 * gradient_.dot(direction_) <= 1e-13 * (1.0 + std::abs(current_))) {
+        const double predicted = 0.5 * gradient_.dot(direction_);
+        const double scale = 1.0 + std::abs(current_);
+        if (predicted <= 1e-13 * scale) {
             finish();
             return;
         }
+        if (hessian_stale_) {
+            // The previous Hessian does not confirm the stop: the current one decides.
+            phase_ = Phase::RefreshHessian;
+            return;
+        }
+        // Quadratic convergence: the next prediction is about C·predicted² (C of order 1 to 5
+        // here), below the stopping level once predicted < 1e-7 of the objective.
+        small_step_ = predicted < 1e-7 * scale;
         const Matrix free = gate_.coefficients.rightCols(K_ - 1);
         base_ = Eigen::Map<const Vector>(free.data(), rows_ * (K_ - 1));
         last_ = step_ + 1 == options_->newton_steps;
@@ -327,6 +352,8 @@ class NewtonSoftmax {
     int step_ = 0;
     int halving_ = 0;
     bool last_ = false;
+    bool small_step_ = false;    ///< this step's predicted increase is tiny: skip its Hessian
+    bool hessian_stale_ = false; ///< hessian_ is the previous point's
     Phase phase_ = Phase::Initial;
     GateUpdateReport report_;
 };
