@@ -7,12 +7,12 @@
 #include <boost/math/constants/constants.hpp>
 
 #include <algorithm>
-#include <cstdint>
 #include <array>
-#include <utility>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moekit {
