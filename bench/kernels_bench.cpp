@@ -146,6 +146,27 @@ void BM_log_densities_gmm(benchmark::State& state) {
     set_rate(state, per_sample * static_cast<double>(n * K));
 }
 
+/// The density kernel alone: log_normal_density of one sample block (4096 rows, in L2) of
+/// standard normal residuals under a random SPD covariance (diagonal if `diag`). FLOPs as
+/// the E-step: D² + 3D per sample for full, 4D for diag. Arguments: n, D, diag.
+void BM_normal_density(benchmark::State& state) {
+    const Index n = state.range(0);
+    const Index D = state.range(1);
+    moekit::Rng rng(44);
+    const Matrix r = normal_matrix(n, D, rng);
+    const Matrix a = normal_matrix(D, D, rng);
+    Matrix s = a * a.transpose() / static_cast<double>(D) + Matrix::Identity(D, D);
+    if (state.range(2) != 0) s = Matrix(s.diagonal().asDiagonal());
+    const moekit::CovarianceFactor f = moekit::factor_or_throw(s, "bench", "covariance");
+    for (auto _ : state) {
+        Vector out = moekit::log_normal_density(r, f);
+        benchmark::DoNotOptimize(out.data());
+    }
+    const double per_sample =
+        state.range(2) == 0 ? static_cast<double>(D * D + 3 * D) : static_cast<double>(4 * D);
+    set_rate(state, per_sample * static_cast<double>(n));
+}
+
 /// Expert M-step (update_experts) of a Gaussian mixture: weighted means and weighted scatter.
 /// FLOPs counted: per sample and expert 2D (means) + D (residual) + D(D+1) (the D(D+1)/2
 /// multiply-adds of the symmetric scatter) for full, 2D + D + 2D for diag.
@@ -271,6 +292,13 @@ void gmm_args(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+void density_args(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"n", "D", "diag"});
+    for (std::int64_t diag : {0, 1})
+        for (std::int64_t D : {2, 3, 5, 7, 10, 13, 16, 20, 33}) b->Args({4096, D, diag});
+    b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 void moe_args(benchmark::internal::Benchmark* b) {
     b->ArgNames({"n", "d", "K"});
     b->Args({1000000, 5, 4});
@@ -283,6 +311,7 @@ BENCHMARK(BM_peak_fma)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_peak_gemm)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_e_step_gmm)->Apply(gmm_args);
 BENCHMARK(BM_log_densities_gmm)->Apply(gmm_args);
+BENCHMARK(BM_normal_density)->Apply(density_args);
 BENCHMARK(BM_m_step_gmm)->Apply(gmm_args);
 BENCHMARK(BM_e_step_moe)->Apply(moe_args);
 BENCHMARK(BM_m_step_moe)->Apply(moe_args);
