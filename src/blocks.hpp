@@ -21,6 +21,7 @@
 #include "moekit/model.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 #ifdef _OPENMP
@@ -214,6 +215,21 @@ double masked_weighted_sum_block(const double* w, const double* h, const double*
 /// out[i] = exp(a[i]) for a block, with results below the smallest normal double flushed to 0.
 void exp_block(const double* a, Index rows, double* out);
 
+/// Responsibilities as the block kernels read them: h_ik at h[(i − first) + k·ld] for the rows
+/// of the block being processed (the whole n×K matrix: first = 0; a block's own buffer: first =
+/// the block's first row); null h: every h_ik = 1 (the weights alone).
+struct RespView {
+    const double* h = nullptr;
+    Index ld = 0;
+    Index first = 0;
+    const double* column(Index k, Index row) const { return h + k * ld + (row - first); }
+};
+
+/// The view of an n×K matrix (no columns: h = 1).
+inline RespView resp_view(const ConstMatrixRef& resp) {
+    return resp.cols() == 0 ? RespView{} : RespView{resp.data(), resp.outerStride(), 0};
+}
+
 /// Rows of a sub-block of the M-step statistics: residuals and weights stay in L1.
 inline constexpr Index statistics_sub_block = 256;
 
@@ -238,13 +254,13 @@ StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data);
 /// Block b's share of the M-step statistics around `coefficients` (W_k): for each expert the
 /// upper triangle of [X̃ R_k]ᵀ diag(w h_k) [X̃ R_k], R_k = Y − X̃ W_k (only the first p rows and
 /// the diagonal when `diagonal_only`), added to slot[k·m·m ...] (m×m column-major; the slot
-/// starts at zero). Reads only rows of block b of `resp` (n×K; no columns: h = 1). The same
+/// starts at zero). Reads only rows of block b of `resp`. The same
 /// bits whichever pass computes it: update_experts' own pass or the E-step's (fit_em).
 /// `residuals`: linear experts' R_k of this block as the E-step kept them (ExpertScratch::keep,
 /// leading dimension block_rows), the same bits as recomputing them; null: recomputed.
 void shifted_statistics_block(ExpertKind kind,
                               const Dataset& data,
-                              const ConstMatrixRef& resp,
+                              const RespView& resp,
                               const std::vector<Matrix>& coefficients,
                               bool diagonal_only,
                               Index b,
@@ -259,11 +275,12 @@ void add_statistics(std::vector<Matrix>& total, const double* slot);
 bool diagonal_statistics(CovarianceType type);
 
 /// update_experts with the statistics of shifted_statistics_block already gathered (by the
-/// E-step pass that produced `resp`, around experts.coefficients): the M-step without its own
-/// pass over the data (unless the exact second pass is needed).
+/// E-step pass whose responsibilities `resp` returns, around experts.coefficients): the M-step
+/// without its own pass over the data. `resp` is called only if the exact second pass is
+/// needed (a caller that keeps no responsibilities computes them then).
 ExpertUpdateReport update_experts_from(Experts& experts,
                                        const Dataset& data,
-                                       const ConstMatrixRef& resp,
+                                       const std::function<ConstMatrixRef()>& resp,
                                        const ExpertRegularization& reg,
                                        const std::vector<Matrix>& statistics);
 
@@ -352,6 +369,7 @@ struct EStepStatistics {
     std::vector<Matrix> experts;
     bool has_gate_start = false;
     SoftmaxStart gate_start;
+    double log_likelihood = 0.0; ///< Σ_i w_i log p(y_i | x_i), block partials in block order
 };
 
 /// The blocked E-step of e_step_probabilities (h, log_norm), which also gathers, block by
@@ -361,11 +379,16 @@ struct EStepStatistics {
 /// coefficients (softmax_objective_block; gate_l2 is the gate's penalty): one ordered
 /// reduction, so one pass over the data does the E-step, the experts' M-step statistics and
 /// the gate's first Newton evaluation.
+///
+/// With h and log_norm null the responsibilities are not kept: each block's live in a
+/// per-thread buffer only while its statistics are gathered, and nothing of size n is written
+/// (for gates whose M-step needs no responsibilities beyond the statistics: constant and hash;
+/// not for a softmax gate, whose Newton start is then not gathered).
 void e_step_with_statistics(const Model& model,
                             const Dataset& data,
                             double gate_l2,
-                            Matrix& h,
-                            Vector& log_norm,
+                            Matrix* h,
+                            Vector* log_norm,
                             EStepStatistics& statistics);
 
 /// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows×q, leading

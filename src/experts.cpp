@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <functional>
 
 namespace moekit {
 
@@ -348,13 +349,13 @@ void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Inde
 }
 
 /// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
-void block_weights(const Dataset& data, const ConstMatrixRef& resp, Index k, Index begin, Index rows, double* a) {
+void block_weights(const Dataset& data, const RespView& resp, Index k, Index begin, Index rows, double* a) {
     const double* w = data.weights.data() + begin;
-    if (resp.cols() == 0) {
+    if (resp.h == nullptr) {
         std::copy(w, w + rows, a);
         return;
     }
-    const double* h = resp.data() + k * resp.outerStride() + begin;
+    const double* h = resp.column(k, begin);
     for (Index i = 0; i < rows; ++i) a[i] = w[i] * h[i];
 }
 
@@ -380,7 +381,7 @@ StatisticsScratch make_statistics_scratch(ExpertKind kind, const Dataset& data) 
 
 void shifted_statistics_block(ExpertKind kind,
                               const Dataset& data,
-                              const ConstMatrixRef& resp,
+                              const RespView& resp,
                               const std::vector<Matrix>& coefficients,
                               bool diagonal_only,
                               Index b,
@@ -410,11 +411,11 @@ void shifted_statistics_block(ExpertKind kind,
             [&](Index i0, Index count, double* const* c) {
                 for (Index k = 0; k < K; ++k) {
                     double* ck = c[k];
-                    if (resp.cols() == 0) {
+                    if (resp.h == nullptr) {
                         std::copy(w + i0, w + i0 + count, ck);
                         continue;
                     }
-                    const double* h = resp.data() + k * resp.outerStride() + b_begin + i0;
+                    const double* h = resp.column(k, b_begin + i0);
                     for (Index i = 0; i < count; ++i) ck[i] = w[i0 + i] * h[i];
                 }
             },
@@ -575,7 +576,7 @@ std::vector<Matrix> residual_scatter(ExpertKind kind,
             for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(t)] = r + t * ldr;
             for (Index k = 0; k < K; ++k) {
                 detail::residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
-                detail::block_weights(data, resp, k, begin, rows, s.weights.data());
+                detail::block_weights(data, detail::resp_view(resp), k, begin, rows, s.weights.data());
                 if (diagonal_only)
                     detail::weighted_sumsq_block(s.weights.data(), s.columns.data(), rows, q, slot + k * q);
                 else
@@ -612,13 +613,14 @@ std::vector<Matrix> shifted_statistics(ExpertKind kind,
     const Index m = detail::statistics_size(kind, data);
     std::vector<Matrix> total(static_cast<std::size_t>(K), Matrix::Zero(m, m));
     std::vector<detail::StatisticsScratch> scratch;
+    const detail::RespView view = detail::resp_view(resp);
     detail::reduce_blocks(
         data.n_samples(),
         K * m * m,
         scratch,
         [&] { return detail::make_statistics_scratch(kind, data); },
         [&](Index b, double* slot, detail::StatisticsScratch& s) {
-            detail::shifted_statistics_block(kind, data, resp, coefficients, diagonal_only, b, slot, s);
+            detail::shifted_statistics_block(kind, data, view, coefficients, diagonal_only, b, slot, s);
         },
         [&](const double* slot, Index) { detail::add_statistics(total, slot); });
     return total;
@@ -725,7 +727,7 @@ ExpertUpdateReport update_experts(Experts& experts,
     // One pass: the statistics around the current coefficients (shifted_statistics).
     const std::vector<Matrix> stats = shifted_statistics(
         experts.kind, data, resp, experts.coefficients, diagonal_structure(experts.covariance_type));
-    return detail::update_experts_from(experts, data, resp, reg, stats);
+    return detail::update_experts_from(experts, data, [&]() -> ConstMatrixRef { return resp; }, reg, stats);
 }
 
 namespace detail {
@@ -734,7 +736,7 @@ bool diagonal_statistics(CovarianceType type) { return diagonal_structure(type);
 
 ExpertUpdateReport update_experts_from(Experts& experts,
                                        const Dataset& data,
-                                       const ConstMatrixRef& resp,
+                                       const std::function<ConstMatrixRef()>& resp,
                                        const ExpertRegularization& reg,
                                        const std::vector<Matrix>& stats) {
     const Index K = experts.n_experts();
@@ -795,7 +797,7 @@ ExpertUpdateReport update_experts_from(Experts& experts,
         if (diagonal) sk = Matrix(sk.diagonal().asDiagonal()); // only C's diagonal was gathered
         scatter[uk] = std::move(sk);
     }
-    if (!exact) scatter = residual_scatter(experts.kind, data, resp, coefficients, diagonal);
+    if (!exact) scatter = residual_scatter(experts.kind, data, resp(), coefficients, diagonal);
     // S_k, divided by n_k.
     for (Index k = 0; k < K; ++k) scatter[static_cast<std::size_t>(k)] /= std::max(nk(k), 1e-300);
 

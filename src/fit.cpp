@@ -464,15 +464,22 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
     Model model = std::move(init);
     // The one n×K buffer of the loop, allocated once: the responsibilities h (probabilities),
-    // rewritten in place by every E-step, and the n log-normalisers.
+    // rewritten in place by every E-step, and the n log-normalisers. Kept only for gates whose
+    // M-step passes over them (softmax, tree): a constant gate's update comes from the
+    // statistics and a hash gate has none, so their loop writes nothing of size n (the
+    // responsibilities of the returned model are computed once, at the end).
+    const bool keep_h = std::holds_alternative<SoftmaxGate>(model.gate) || std::holds_alternative<TreeGate>(model.gate);
     Matrix h;
     Vector log_norm;
     // The M-step statistics around the current experts (and a softmax gate's Newton start),
-    // gathered by the E-step's pass.
+    // gathered by the E-step's pass, and the log-likelihood.
     detail::EStepStatistics stats;
     const double gate_l2 = options.gate_options.gate_l2;
-    detail::e_step_with_statistics(model, data, gate_l2, h, log_norm, stats);
-    double current = data.weights.dot(log_norm);
+    auto e_step_pass = [&](const Model& m) {
+        detail::e_step_with_statistics(m, data, gate_l2, keep_h ? &h : nullptr, keep_h ? &log_norm : nullptr, stats);
+        return stats.log_likelihood;
+    };
+    double current = e_step_pass(model);
     if (!std::isfinite(current)) {
         result.model = std::move(model);
         result.log_likelihood = current;
@@ -486,8 +493,15 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
     for (int it = 1; it <= options.max_iter; ++it) {
         Model candidate = model;
+        // The responsibilities of `model` are needed only for the exact second pass of the
+        // expert M-step; without a kept h they are computed for it then.
+        if (!keep_h) h.resize(0, 0);
+        const auto resp = [&]() -> ConstMatrixRef {
+            if (!keep_h && h.size() == 0) e_step_probabilities(model, data, h, log_norm);
+            return h;
+        };
         const ExpertUpdateReport experts_report =
-            detail::update_experts_from(candidate.experts, data, h, reg, stats.experts);
+            detail::update_experts_from(candidate.experts, data, resp, reg, stats.experts);
         // A constant gate's sizes n_k = Σ w h_k are the (0, 0) entries of the statistics; a
         // softmax gate's Newton iteration starts from what the E-step gathered.
         GateUpdateReport gate_report;
@@ -497,6 +511,8 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
             gate_report = update_constant_gate(*constant, sizes);
         } else if (auto* softmax = std::get_if<SoftmaxGate>(&candidate.gate); softmax && stats.has_gate_start) {
             gate_report = detail::update_softmax_gate_from(*softmax, data, h, options.gate_options, stats.gate_start);
+        } else if (std::holds_alternative<HashGate>(candidate.gate)) {
+            gate_report = GateUpdateReport{}; // fixed routing: nothing to learn
         } else {
             gate_report = update_gate(candidate.gate, data, h, options.gate_options);
         }
@@ -504,8 +520,7 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
         // The candidate's E-step overwrites the buffers; a rejected (non-finite) candidate
         // ends the loop, and the final E-step below is the kept model's.
-        detail::e_step_with_statistics(candidate, data, gate_l2, h, log_norm, stats);
-        const double value = data.weights.dot(log_norm);
+        const double value = e_step_pass(candidate);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,
                                           "the log-likelihood became non-finite; stopped with the last finite model"});

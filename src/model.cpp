@@ -171,8 +171,8 @@ void e_step_probabilities(const Model& model, const Dataset& data, Matrix& h, Ve
 void detail::e_step_with_statistics(const Model& model,
                                     const Dataset& data,
                                     double gate_l2,
-                                    Matrix& h,
-                                    Vector& log_norm,
+                                    Matrix* h,
+                                    Vector* log_norm,
                                     EStepStatistics& statistics) {
     // e_step_probabilities, with the M-step statistics of each block gathered right after its
     // responsibilities, while the block's data and h are in cache. The statistics are an
@@ -184,18 +184,24 @@ void detail::e_step_with_statistics(const Model& model,
     const ExpertKind kind = model.experts.kind;
     const Index m = statistics_size(kind, data);
     const bool diagonal = diagonal_statistics(model.experts.covariance_type);
-    h.resize(n, K);
-    log_norm.resize(n);
+    const bool store = h != nullptr;
+    if (store) {
+        h->resize(n, K);
+        log_norm->resize(n);
+    }
     statistics.experts.assign(static_cast<std::size_t>(K), Matrix::Zero(m, m));
     const Matrix gate_log = unblocked_gate(model, data);
     // A dense softmax gate (K > 1): its scores and log-softmax are computed here anyway; with
     // the probabilities g kept, the block's share of the gate's Newton start follows from h.
-    const SoftmaxGate* softmax = gate_log.size() == 0 ? std::get_if<SoftmaxGate>(&model.gate) : nullptr;
+    const SoftmaxGate* softmax =
+        store && gate_log.size() == 0 ? std::get_if<SoftmaxGate>(&model.gate) : nullptr;
     if (softmax && K < 2) softmax = nullptr;
     const Index mg = data.z.cols() + 1;
     std::optional<SoftmaxObjectiveTotals> gate_totals;
     if (softmax) gate_totals.emplace(mg, K, true, true);
+    // Slot: the experts' statistics, Σ w log-normaliser, then the gate's partial.
     const Index expert_slot = K * m * m;
+    const Index gate_offset = expert_slot + 1;
     // Linear experts: the E-step's residuals are kept for the statistics (K·q columns of a
     // block, up to 32 MB per thread), not formed twice.
     const bool keep = kind == ExpertKind::Linear && K * data.y.cols() * block_rows <= (Index{1} << 22);
@@ -204,22 +210,28 @@ void detail::e_step_with_statistics(const Model& model,
         StatisticsScratch stats;
         Matrix kept;                        ///< block_rows × (K·q) residuals
         Matrix g;                           ///< block_rows × K gate probabilities
+        Matrix h;                           ///< block_rows × K responsibilities (not stored)
         std::vector<double> norm;           ///< block_rows
+        std::vector<double> block_norm;     ///< block_rows log-normalisers (not stored)
         std::vector<double> coef;           ///< block_rows
         std::vector<const double*> columns; ///< the gate design columns of a block
     };
     std::vector<Scratch> scratch;
-    const ConstMatrixRef resp(h);
+    double total = 0.0;
     reduce_blocks(
         n,
-        expert_slot + (gate_totals ? gate_totals->slot_size() : 0),
+        gate_offset + (gate_totals ? gate_totals->slot_size() : 0),
         scratch,
         [&] {
-            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), {}, {}, {}};
+            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), Matrix(), {}, {}, {}, {}};
             if (keep) {
                 s.kept.resize(block_rows, K * data.y.cols());
                 s.joint.experts.keep = s.kept.data();
                 s.joint.experts.keep_ld = block_rows;
+            }
+            if (!store) {
+                s.h.resize(block_rows, K);
+                s.block_norm.resize(static_cast<std::size_t>(block_rows));
             }
             if (softmax) {
                 s.g.resize(block_rows, K);
@@ -232,13 +244,16 @@ void detail::e_step_with_statistics(const Model& model,
         [&](Index b, double* slot, Scratch& s) {
             const Index begin = block_begin(b);
             const Index rows = block_size(b, n);
-            double* out = h.data() + begin;
+            // The block's log joint, then responsibilities: in h (ld n) or in the thread's buffer.
+            double* out = store ? h->data() + begin : s.h.data();
+            const Index ld = store ? n : block_rows;
+            double* norm = store ? log_norm->data() + begin : s.block_norm.data();
             if (!softmax) {
-                joint_block(model, data, gate_log, begin, rows, out, n, s.joint);
+                joint_block(model, data, gate_log, begin, rows, out, ld, s.joint);
             } else {
                 // As joint_block, with softmax_block in place of log_softmax_block: the same
                 // log-probabilities, plus the probabilities g.
-                expert_log_densities_block(model.experts, data, begin, rows, out, n, s.joint.experts);
+                expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.joint.experts);
                 s.columns[0] = ones_column();
                 for (Index j = 1; j < mg; ++j)
                     s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
@@ -246,21 +261,29 @@ void detail::e_step_with_statistics(const Model& model,
                 const Index lds = s.joint.gate.outerStride();
                 softmax_block(s.joint.gate.data(), lds, rows, K, s.norm.data(), s.g.data(), s.g.outerStride());
                 for (Index k = 0; k < K; ++k)
-                    Eigen::Map<Eigen::ArrayXd>(out + k * n, rows) +=
+                    Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) +=
                         Eigen::Map<const Eigen::ArrayXd>(s.joint.gate.data() + k * lds, rows);
             }
-            softmax_block(out, n, rows, K, log_norm.data() + begin);
+            softmax_block(out, ld, rows, K, norm);
+            const RespView resp{out, ld, begin};
             shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats,
                                      keep ? s.kept.data() : nullptr);
+            // Σ_i w_i log p(y_i | x_i) of the block, in row order.
+            const double* w = data.weights.data() + begin;
+            double sum = 0.0;
+            for (Index i = 0; i < rows; ++i) sum += w[i] * norm[i];
+            slot[expert_slot] = sum;
             if (softmax)
-                softmax_objective_block(s.columns.data(), mg, data.weights.data() + begin, out, n,
-                                        s.joint.gate.data(), s.joint.gate.outerStride(), s.g.data(), s.g.outerStride(),
-                                        rows, K, true, true, s.coef.data(), slot + expert_slot);
+                softmax_objective_block(s.columns.data(), mg, w, out, ld, s.joint.gate.data(), s.joint.gate.outerStride(),
+                                        s.g.data(), s.g.outerStride(), rows, K, true, true, s.coef.data(),
+                                        slot + gate_offset);
         },
         [&](const double* slot, Index) {
             add_statistics(statistics.experts, slot);
-            if (gate_totals) gate_totals->add(slot + expert_slot);
+            total += slot[expert_slot];
+            if (gate_totals) gate_totals->add(slot + gate_offset);
         });
+    statistics.log_likelihood = total;
     statistics.has_gate_start = softmax != nullptr;
     if (softmax)
         statistics.gate_start.value = gate_totals->finish(softmax->coefficients, gate_l2, &statistics.gate_start.gradient,
