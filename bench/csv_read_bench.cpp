@@ -1,9 +1,10 @@
 // csv_read_bench: times moekit::read_csv on a 1,000,000 x 10 CSV of random doubles.
 //
-// Usage: csv_read_bench [path [rows]]
-//   path  where to write the temporary CSV (default /tmp/moekit_csv_read_bench_<pid>.csv);
-//         the file is deleted at the end
-//   rows  number of data rows (default 1000000)
+// Usage: csv_read_bench [path [rows [columns]]]
+//   path     where to write the temporary CSV (default /tmp/moekit_csv_read_bench_<pid>.csv);
+//            the file is deleted at the end
+//   rows     number of data rows (default 1000000)
+//   columns  number of columns (default 10; 2 for the D = 2 benchmark cases)
 //
 // The file is written once (fixed seed, shortest round-trip formatting, about 19 characters per
 // value), then read 3 times. Printed: the median read time (wall clock and process CPU time),
@@ -28,7 +29,7 @@
 
 namespace {
 
-constexpr int n_columns = 10;
+int n_columns = 10; // the third argument
 constexpr int n_runs = 3;
 
 /// A "Vm...:" field of /proc/self/status in kB, or -1 if unavailable.
@@ -89,6 +90,11 @@ int main(int argc, char** argv) {
         argc > 1 ? std::string(argv[1])
                  : "/tmp/moekit_csv_read_bench_" + std::to_string(::getpid()) + ".csv";
     const long rows = argc > 2 ? std::stol(argv[2]) : 1000000;
+    if (argc > 3) n_columns = std::stoi(argv[3]);
+    if (n_columns < 1) {
+        std::fprintf(stderr, "csv_read_bench: the number of columns must be >= 1\n");
+        return 2;
+    }
 
     int status = 0;
     try {

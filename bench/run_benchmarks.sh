@@ -217,8 +217,14 @@ if want kernels; then
         OMP_NUM_THREADS="$t" "$B/kernels_bench" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
             | tee "$WORK/kernels_$t.txt"
     done
-    wait_for_quiet
-    echo "== csv_read_bench, load $(cut -d' ' -f1 /proc/loadavg)"
-    "$B/csv_read_bench" "$WORK/csv_read_bench.csv" | tee "$WORK/csv_read.txt"
+    # 10^6 rows of 10 and of 2 columns (the D = 10 and D = 2 cases), 1 thread and all cores.
+    : > "$WORK/csv_read.txt"
+    for cols in 10 2; do
+        for t in 1 "$ALL_THREADS"; do
+            wait_for_quiet
+            echo "== csv_read_bench, $cols columns, $t thread(s), load $(cut -d' ' -f1 /proc/loadavg)" | tee -a "$WORK/csv_read.txt"
+            OMP_NUM_THREADS="$t" "$B/csv_read_bench" "$WORK/csv_read_bench.csv" 1000000 "$cols" | tee -a "$WORK/csv_read.txt"
+        done
+    done
 fi
 echo "== results in $WORK/results.md, raw runs in $RAW"
