@@ -30,6 +30,18 @@
 
 namespace moekit::detail {
 
+/// a·b + c in one rounding where the target has FMA (-march=native builds), else a multiply and
+/// an add. The packet kernels use Eigen's pmadd, which does the same per lane, so a value gets
+/// the same bits in a packet and in a scalar tail whatever the compiler's contraction default
+/// (GCC fuses a*b+c in C++ by default, Clang only within one expression).
+inline double fused_madd(double a, double b, double c) {
+#ifdef __FMA__
+    return __builtin_fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 /// Rows per sample block: a block of up to 16 columns fits in L2 (512 KB).
 inline constexpr Index block_rows = 4096;
 
@@ -171,6 +183,25 @@ void reserve_scratch(TreeGateScratch& s, const TreeGate& tree);
 void tree_gate_log_probabilities_block(
     const TreeGate& tree, const Dataset& data, Index begin, Index rows, double* out, Index ld, TreeGateScratch& s);
 
+/// Σ_{i<rows} w_i v_i of one block in row order (one multiply-add each): a block's share of
+/// the weighted log-likelihood Σ_i w_i log p(y_i | x_i).
+inline double weighted_sum_block(const double* w, const double* v, Index rows) {
+    double sum = 0.0;
+    for (Index i = 0; i < rows; ++i) sum = fused_madd(w[i], v[i], sum);
+    return sum;
+}
+
+/// Σ_i w_i v_i over all samples: weighted_sum_block per sample block, the blocks added in
+/// order. The log-likelihood every fit reports, its trace and log_likelihood() are this sum,
+/// so they agree to the bit.
+inline double weighted_sum(const ConstVectorRef& w, const ConstVectorRef& v) {
+    const Index n = v.size();
+    double total = 0.0;
+    for (Index b = 0; b < n_blocks(n); ++b)
+        total += weighted_sum_block(w.data() + block_begin(b), v.data() + block_begin(b), block_size(b, n));
+    return total;
+}
+
 /// Row-wise log-sum-exp of rows [0, rows) of a column-major block `a` (leading dimension lda,
 /// `cols` columns), rows <= block_rows; the contract of log_sum_exp_rows.
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out);
@@ -309,7 +340,8 @@ void softmax_objective_block(const double* const* columns,
 /// Softmax scores z̃_i V of a block: out[i + k·ld] = Σ_j V_jk u_j(i) over the m = V.rows()
 /// design columns u (columns[j], rows <= block_rows); with `intercept` u_0 is the implicit
 /// column of ones (columns[0] is not read) and the sum starts at V_0k. Summed in column order,
-/// a multiply and an add each: the E-step and the gate's Newton passes get the same bits.
+/// one multiply-add each (fused_madd / pmadd): the E-step and the gate's Newton passes get the
+/// same bits.
 void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld);
 
 /// The upper triangles of the softmax gate's Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ

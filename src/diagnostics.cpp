@@ -4,6 +4,7 @@
 
 #include "moekit/diagnostics.hpp"
 
+#include "blocks.hpp"
 #include "detail.hpp"
 #include "moekit/errors.hpp"
 
@@ -161,7 +162,7 @@ Diagnostics diagnose(const Model& model, const Dataset& data, const FitResult* f
     const Vector& w = data.weights;
 
     Diagnostics d;
-    d.log_likelihood = w.dot(resp.log_norm);
+    d.log_likelihood = detail::weighted_sum(w, resp.log_norm); // as fit reports it
     d.n_parameters = n_parameters(model);
     d.n_samples = data.total_weight();
     d.aic = aic(d.log_likelihood, d.n_parameters);

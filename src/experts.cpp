@@ -240,11 +240,10 @@ void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, I
     for (Index t = 0; t < q; ++t) {
         double* rt = r + t * ldr;
         const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-        // The fitted mean x̃ W first (intercept, then the inputs in order; a multiply and an add
-        // each, never fused, the same bits as a sweep per input), then y minus it: an exactly
-        // linear y gives residuals of exactly 0. Up to 16 inputs the sum stays in a register
-        // per sample (one store per residual instead of one per input); beyond, the rest of the
-        // inputs are added sweep by sweep in the same order.
+        // The fitted mean x̃ W first (intercept, then the inputs in order, one multiply-add each:
+        // pmadd in packets, fused_madd in the tail, the same bits), then y minus it. Up to 16
+        // inputs the sum stays in a register per sample (one store per residual instead of one
+        // per input); beyond, the rest of the inputs are added sweep by sweep in the same order.
         const double w0 = w(0, t);
         const double* wt = w.data() + t * w.outerStride() + 1;
         const Index stacked = std::min(d, max_stacked);
@@ -258,28 +257,28 @@ void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, I
                 Packet a0 = w0p;
                 Packet a1 = w0p;
                 for (Index l = 0; l < stacked; ++l) {
-                    a0 = padd(a0, pmul(wp[l], ploadu<Packet>(x[l] + i)));
-                    a1 = padd(a1, pmul(wp[l], ploadu<Packet>(x[l] + i + packet_size)));
+                    a0 = pmadd(wp[l], ploadu<Packet>(x[l] + i), a0);
+                    a1 = pmadd(wp[l], ploadu<Packet>(x[l] + i + packet_size), a1);
                 }
                 pstoreu(rt + i, psub(ploadu<Packet>(yt + i), a0));
                 pstoreu(rt + i + packet_size, psub(ploadu<Packet>(yt + i + packet_size), a1));
             }
             for (; i < rows; ++i) {
                 double acc = w0;
-                for (Index l = 0; l < stacked; ++l) acc += wt[l] * x[l][i];
+                for (Index l = 0; l < stacked; ++l) acc = fused_madd(wt[l], x[l][i], acc);
                 rt[i] = yt[i] - acc;
             }
             continue;
         }
         for (Index i = 0; i < rows; ++i) {
             double acc = w0;
-            for (Index l = 0; l < stacked; ++l) acc += wt[l] * x[l][i];
+            for (Index l = 0; l < stacked; ++l) acc = fused_madd(wt[l], x[l][i], acc);
             rt[i] = acc;
         }
         for (Index l = stacked; l < d; ++l) {
             const double wl = wt[l];
             const double* xl = data.x.data() + l * data.x.outerStride() + begin;
-            for (Index i = 0; i < rows; ++i) rt[i] += wl * xl[i];
+            for (Index i = 0; i < rows; ++i) rt[i] = fused_madd(wl, xl[i], rt[i]);
         }
         for (Index i = 0; i < rows; ++i) rt[i] = yt[i] - rt[i];
     }

@@ -466,8 +466,9 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     // The one n×K buffer of the loop, allocated once: the responsibilities h (probabilities),
     // rewritten in place by every E-step, and the n log-normalisers. Kept only for gates whose
     // M-step passes over them (softmax, tree): a constant gate's update comes from the
-    // statistics and a hash gate has none, so their loop writes nothing of size n (the
-    // responsibilities of the returned model are computed once, at the end).
+    // statistics and a hash gate has none (update_gate does not read them), so their loop keeps
+    // no responsibilities (the returned model's are computed once, at the end). A hash gate,
+    // or top-k routing, still forms its n×K gate log-probabilities in every E-step.
     const bool keep_h = std::holds_alternative<SoftmaxGate>(model.gate) || std::holds_alternative<TreeGate>(model.gate);
     Matrix h;
     Vector log_norm;
@@ -511,8 +512,6 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
             gate_report = update_constant_gate(*constant, sizes);
         } else if (auto* softmax = std::get_if<SoftmaxGate>(&candidate.gate); softmax && stats.has_gate_start) {
             gate_report = detail::update_softmax_gate_from(*softmax, data, h, options.gate_options, stats.gate_start);
-        } else if (std::holds_alternative<HashGate>(candidate.gate)) {
-            gate_report = GateUpdateReport{}; // fixed routing: nothing to learn
         } else {
             gate_report = update_gate(candidate.gate, data, h, options.gate_options);
         }
@@ -551,8 +550,9 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
         }
     }
     if (final_responsibilities) {
-        // The log responsibilities of the returned model, written over h's storage (never two
-        // n×K arrays at once, and no fresh pages to fault in).
+        // The log responsibilities of the returned model, written over h's storage when the loop
+        // kept one (never two n×K arrays at once); a constant- or hash-gated loop kept none, and
+        // they are allocated here.
         result.responsibilities.log_resp = std::move(h);
         result.responsibilities.log_norm = std::move(log_norm);
         e_step(model, data, result.responsibilities);
@@ -849,7 +849,7 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
                              "--reg-covar, or use fewer experts.");
     best.restart_log_likelihoods = std::move(finals);
     best.responsibilities = e_step(best.model, data); // final E-step: fit and predict agree
-    best.log_likelihood = data.weights.dot(best.responsibilities.log_norm);
+    best.log_likelihood = detail::weighted_sum(data.weights, best.responsibilities.log_norm); // as the trace
     best.n_parameters = n_parameters(best.model);
     best.n_samples = data.weights.sum();
     best.aic = aic(best.log_likelihood, best.n_parameters);

@@ -683,8 +683,8 @@ constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 } // namespace
 
 void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
-    // Per sample a register sum, the same operations in the same order as a sweep per column
-    // (a multiply and an add each), so both kinds of design give the bits they always gave.
+    // Per sample a register sum, one multiply-add per column in column order (pmadd in packets,
+    // fused_madd in the tail and beyond 32 columns: the same bits everywhere).
     using namespace Eigen::internal;
     const Index m = v.rows();
     const Index first = intercept ? 1 : 0;
@@ -697,7 +697,7 @@ void linear_scores_block(const Matrix& v, const double* const* columns, bool int
             for (Index j = first; j < m; ++j) {
                 const double vj = v(j, k);
                 const double* dj = columns[j];
-                for (Index i = 0; i < rows; ++i) sk[i] += vj * dj[i];
+                for (Index i = 0; i < rows; ++i) sk[i] = fused_madd(vj, dj[i], sk[i]);
             }
             continue;
         }
@@ -709,15 +709,15 @@ void linear_scores_block(const Matrix& v, const double* const* columns, bool int
             Packet a0 = s0;
             Packet a1 = s0;
             for (Index j = first; j < m; ++j) {
-                a0 = padd(a0, pmul(vp[j - first], ploadu<Packet>(columns[j] + i)));
-                a1 = padd(a1, pmul(vp[j - first], ploadu<Packet>(columns[j] + i + packet_size)));
+                a0 = pmadd(vp[j - first], ploadu<Packet>(columns[j] + i), a0);
+                a1 = pmadd(vp[j - first], ploadu<Packet>(columns[j] + i + packet_size), a1);
             }
             pstoreu(sk + i, a0);
             pstoreu(sk + i + packet_size, a1);
         }
         for (; i < rows; ++i) {
             double a = start;
-            for (Index j = first; j < m; ++j) a += v(j, k) * columns[j][i];
+            for (Index j = first; j < m; ++j) a = fused_madd(v(j, k), columns[j][i], a);
             sk[i] = a;
         }
     }
@@ -807,6 +807,7 @@ void SoftmaxObjectiveTotals::add(const double* slot) {
 }
 
 double SoftmaxObjectiveTotals::finish(const Matrix& v, double gate_l2, Vector* gradient, Matrix* hessian) {
+    // Works on the sums in place (the penalty subtracted, lower triangles filled): call once.
     const Index m = m_;
     const Index F = free_;
     const Index K = F + 1;

@@ -47,8 +47,8 @@ Matrix unblocked_gate(const Model& model, const Dataset& data) {
 }
 
 /// The softmax gate's scores z̃_i V for rows [begin, begin + rows), to out[i + k·ld]: the
-/// intercept, then each input in order (a multiply and an add each; the gate's Newton passes
-/// form them in the same order, so both give the same bits).
+/// intercept, then each input in order (linear_scores_block, as the gate's Newton passes form
+/// them, so both give the same bits).
 void gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld) {
     constexpr Index max_inline = 64;
     const double* columns[max_inline];
@@ -257,7 +257,8 @@ void detail::e_step_with_statistics(const Model& model,
                 s.columns[0] = ones_column();
                 for (Index j = 1; j < mg; ++j)
                     s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
-                gate_scores_block(softmax->coefficients, data, begin, rows, s.joint.gate.data(), s.joint.gate.outerStride());
+                linear_scores_block(softmax->coefficients, s.columns.data(), true, rows, s.joint.gate.data(),
+                                    s.joint.gate.outerStride());
                 const Index lds = s.joint.gate.outerStride();
                 softmax_block(s.joint.gate.data(), lds, rows, K, s.norm.data(), s.g.data(), s.g.outerStride());
                 for (Index k = 0; k < K; ++k)
@@ -270,9 +271,7 @@ void detail::e_step_with_statistics(const Model& model,
                                      keep ? s.kept.data() : nullptr);
             // Σ_i w_i log p(y_i | x_i) of the block, in row order.
             const double* w = data.weights.data() + begin;
-            double sum = 0.0;
-            for (Index i = 0; i < rows; ++i) sum += w[i] * norm[i];
-            slot[expert_slot] = sum;
+            slot[expert_slot] = weighted_sum_block(w, norm, rows);
             if (softmax)
                 softmax_objective_block(s.columns.data(), mg, w, out, ld, s.joint.gate.data(), s.joint.gate.outerStride(),
                                         s.g.data(), s.g.outerStride(), rows, K, true, true, s.coef.data(),
@@ -315,7 +314,7 @@ Vector log_likelihood_samples(const Model& model, const Dataset& data) {
 }
 
 double log_likelihood(const Model& model, const Dataset& data) {
-    return data.weights.dot(log_likelihood_samples(model, data));
+    return detail::weighted_sum(data.weights, log_likelihood_samples(model, data));
 }
 
 Matrix gate_log_probabilities(const Model& model, const Dataset& data) {

@@ -165,6 +165,11 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
             }
         }
     }
+    // Large problems (many weight rows × many products: a softmax gate with dozens of classes
+    // and inputs) would otherwise keep tens of MB per thread after the fit.
+    constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
+    if (sums.size() > keep_limit) std::vector<double>().swap(sums);
+    if (coef.size() > keep_limit) std::vector<double>().swap(coef);
 }
 
 } // namespace moekit::detail

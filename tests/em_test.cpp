@@ -68,11 +68,18 @@ void require_monotone(const std::vector<double>& trace) {
 /// Exact equality of two models, field by field.
 void require_identical(const Model& a, const Model& b) {
     REQUIRE(a.gate.index() == b.gate.index());
-    if (std::holds_alternative<ConstantGate>(a.gate))
+    if (std::holds_alternative<ConstantGate>(a.gate)) {
         REQUIRE(std::get<ConstantGate>(a.gate).weights == std::get<ConstantGate>(b.gate).weights);
-    else
+    } else if (std::holds_alternative<moekit::TreeGate>(a.gate)) {
+        const auto& ta = std::get<moekit::TreeGate>(a.gate);
+        const auto& tb = std::get<moekit::TreeGate>(b.gate);
+        REQUIRE(ta.branching == tb.branching);
+        REQUIRE(ta.nodes.size() == tb.nodes.size());
+        for (std::size_t j = 0; j < ta.nodes.size(); ++j) REQUIRE(ta.nodes[j] == tb.nodes[j]);
+    } else {
         REQUIRE(std::get<SoftmaxGate>(a.gate).coefficients ==
                 std::get<SoftmaxGate>(b.gate).coefficients);
+    }
     REQUIRE(a.experts.kind == b.experts.kind);
     REQUIRE(a.experts.covariance_type == b.experts.covariance_type);
     REQUIRE(a.experts.n_experts() == b.experts.n_experts());
@@ -560,13 +567,15 @@ TEST_CASE("fit_em's one pass per iteration gives the separate passes' EM path", 
     const moekit::Dataset data = three_regimes(n);
     for (const CovarianceType type :
          {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
-        for (const GateKind gate : {GateKind::Softmax, GateKind::Constant}) {
+        for (const GateKind gate : {GateKind::Softmax, GateKind::Constant, GateKind::Tree}) {
             for (const double reg_covar : {0.0, 1e-6}) {
+              for (const ExpertKind expert : {ExpertKind::Linear, ExpertKind::Gaussian}) {
                 INFO("covariance " << moekit::to_string(type) << ", gate " << moekit::to_string(gate)
-                                   << ", reg_covar " << reg_covar);
+                                   << ", reg_covar " << reg_covar << ", expert " << moekit::to_string(expert));
                 FitOptions options;
-                options.expert = ExpertKind::Linear;
+                options.expert = expert;
                 options.gate = gate;
+                if (gate == GateKind::Tree) options.tree = {3}; // one softmax node, through the tree code
                 options.covariance = type;
                 options.n_experts = 3;
                 options.regularization.reg_covar = reg_covar;
@@ -583,7 +592,7 @@ TEST_CASE("fit_em's one pass per iteration gives the separate passes' EM path", 
                 // product over all samples): equal to rounding.
                 for (std::size_t t = 0; t < trace.size(); ++t)
                     REQUIRE(fused.trace[t] == Approx(trace[t]).epsilon(1e-13));
-                if (gate == GateKind::Softmax) {
+                if (gate != GateKind::Constant) {
                     require_identical(fused.model, reference);
                 } else {
                     const Vector& a = std::get<ConstantGate>(fused.model.gate).weights;
@@ -593,6 +602,7 @@ TEST_CASE("fit_em's one pass per iteration gives the separate passes' EM path", 
                         REQUIRE(moekit_test::max_abs_diff(fused.model.experts.coefficients[k],
                                                           reference.experts.coefficients[k]) <= 1e-10);
                 }
+              }
             }
         }
     }
