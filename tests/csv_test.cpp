@@ -5,6 +5,8 @@
 #include "moekit/csv.hpp"
 #include "moekit/errors.hpp"
 
+#include "support/thread_count.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -125,28 +127,7 @@ std::string read_error(const std::string& content, const CsvSpec& spec) {
     return message;
 }
 
-/// Sets the OpenMP thread count for its lifetime and restores the previous one.
-class ThreadCount {
-  public:
-    explicit ThreadCount(int threads) {
-#ifdef _OPENMP
-        previous_ = omp_get_max_threads();
-        omp_set_num_threads(threads);
-#else
-        (void)threads;
-#endif
-    }
-    ~ThreadCount() {
-#ifdef _OPENMP
-        omp_set_num_threads(previous_);
-#endif
-    }
-    ThreadCount(const ThreadCount&) = delete;
-    ThreadCount& operator=(const ThreadCount&) = delete;
-
-  private:
-    int previous_ = 1;
-};
+using moekit_test::ThreadCount;
 
 /// Whether two matrices hold the same bits (NaN-free data: == would do, but -0 vs 0 would not).
 bool same_bits(const Matrix& a, const Matrix& b) {

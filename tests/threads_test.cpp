@@ -11,6 +11,8 @@
 #include "moekit/model_io.hpp"
 #include "moekit/simulate.hpp"
 
+#include "support/thread_count.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <string>
@@ -33,28 +35,7 @@ namespace {
 
 constexpr Index n_rows = 3 * 4096 + 517;
 
-/// Sets the OpenMP thread count for its lifetime and restores the previous one.
-class ThreadCount {
-  public:
-    explicit ThreadCount(int threads) {
-#ifdef _OPENMP
-        previous_ = omp_get_max_threads();
-        omp_set_num_threads(threads);
-#else
-        (void)threads;
-#endif
-    }
-    ~ThreadCount() {
-#ifdef _OPENMP
-        omp_set_num_threads(previous_);
-#endif
-    }
-    ThreadCount(const ThreadCount&) = delete;
-    ThreadCount& operator=(const ThreadCount&) = delete;
-
-  private:
-    int previous_ = 1;
-};
+using moekit_test::ThreadCount;
 
 moekit::CovarianceFactor factor(const Matrix& s) {
     const auto f = moekit::try_factor(s);

@@ -12,6 +12,8 @@
 // 9000 rows (blocks of 4096, 4096 and 808 rows) and an uneven 3x2 tree; some samples have no
 // responsibility at all under a subtree (log mass −∞ there), some only under one child.
 
+#include "support/thread_count.hpp"
+
 #include <catch2/catch.hpp>
 
 #include "moekit/moekit.hpp"
@@ -35,28 +37,7 @@ namespace {
 constexpr Index n_rows = 9000;
 constexpr double minus_inf = -std::numeric_limits<double>::infinity();
 
-/// Sets the OpenMP thread count for its lifetime and restores the previous one.
-class Threads {
-  public:
-    explicit Threads(int threads) {
-#ifdef _OPENMP
-        previous_ = omp_get_max_threads();
-        omp_set_num_threads(threads);
-#else
-        (void)threads;
-#endif
-    }
-    ~Threads() {
-#ifdef _OPENMP
-        omp_set_num_threads(previous_);
-#endif
-    }
-    Threads(const Threads&) = delete;
-    Threads& operator=(const Threads&) = delete;
-
-  private:
-    int previous_ = 1;
-};
+using moekit_test::ThreadCount;
 
 /// 9000 samples: two gate inputs z ~ N(0, 1) (also the expert inputs), y a noisy line,
 /// weights in [0.5, 1.5].
@@ -231,7 +212,7 @@ TEST_CASE("blocked tree gate log-probabilities equal the naive path sums over se
     const TreeGate tree = random_tree(1.5, 5);
     Matrix log_g;
     {
-        const Threads one(1);
+        const ThreadCount one(1);
         log_g = gate_log_probabilities(Gate{tree}, data);
     }
     REQUIRE(log_g.rows() == n_rows);
@@ -250,7 +231,7 @@ TEST_CASE("blocked tree gate log-probabilities equal the naive path sums over se
     }
     CHECK(worst < 1e-13);
     {
-        const Threads two(2);
+        const ThreadCount two(2);
         CHECK(max_abs_diff(gate_log_probabilities(Gate{tree}, data), log_g) == 0.0);
     }
 
@@ -271,7 +252,7 @@ TEST_CASE("blocked tree gate log-probabilities equal the naive path sums over se
     model.gate_input_names = {"z1", "z2"};
     const Matrix expected = expert_log_densities(model.experts, data) + log_g;
     for (int threads : {1, 2}) {
-        const Threads t(threads);
+        const ThreadCount t(threads);
         CHECK(max_abs_diff(log_joint(model, data), expected) == 0.0);
         const Responsibilities r = e_step(model, data);
         for (Index i : {Index{0}, Index{4095}, Index{4096}, Index{8191}, Index{8192}, n_rows - 1}) {
@@ -295,7 +276,7 @@ TEST_CASE("the blocked tree M-step equals a naive per-node IRLS, including nodes
     Gate fitted = start;
     GateUpdateReport report;
     {
-        const Threads one(1);
+        const ThreadCount one(1);
         report = update_gate(fitted, data, resp, options);
     }
     const TreeGate& tree = std::get<TreeGate>(fitted);
@@ -348,7 +329,7 @@ TEST_CASE("the blocked tree M-step equals a naive per-node IRLS, including nodes
     // The same bits with 2 threads.
     Gate fitted2 = start;
     {
-        const Threads two(2);
+        const ThreadCount two(2);
         const GateUpdateReport report2 = update_gate(fitted2, data, resp, options);
         CHECK(report2.objective == report.objective);
     }
