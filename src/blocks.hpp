@@ -183,6 +183,10 @@ void reserve_scratch(TreeGateScratch& s, const TreeGate& tree);
 void tree_gate_log_probabilities_block(
     const TreeGate& tree, const Dataset& data, Index begin, Index rows, double* out, Index ld, TreeGateScratch& s);
 
+/// A softmax gate's scores z̃_i V for rows [begin, begin + rows) of `data` (intercept, then the
+/// gate inputs), to out[i + k·ld]: the same kernel and order as the gate's Newton passes.
+void softmax_gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld);
+
 /// Σ_{i<rows} w_i v_i of one block in row order (one multiply-add each): a block's share of
 /// the weighted log-likelihood Σ_i w_i log p(y_i | x_i).
 inline double weighted_sum_block(const double* w, const double* v, Index rows) {

@@ -404,19 +404,10 @@ void shifted_statistics_block(ExpertKind kind,
         for (Index l = 0; l < d; ++l)
             s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + b_begin;
         s.gram.resize(static_cast<std::size_t>(K * p * p));
-        const double* w = data.weights.data() + b_begin;
         multi_crossprod_block(
             s.columns.data(), p, b_rows, K,
             [&](Index i0, Index count, double* const* c) {
-                for (Index k = 0; k < K; ++k) {
-                    double* ck = c[k];
-                    if (resp.h == nullptr) {
-                        std::copy(w + i0, w + i0 + count, ck);
-                        continue;
-                    }
-                    const double* h = resp.column(k, b_begin + i0);
-                    for (Index i = 0; i < count; ++i) ck[i] = w[i0 + i] * h[i];
-                }
+                for (Index k = 0; k < K; ++k) block_weights(data, resp, k, b_begin + i0, count, c[k]);
             },
             s.gram.data());
         for (Index k = 0; k < K; ++k)
@@ -469,8 +460,6 @@ void shifted_statistics_block(ExpertKind kind,
         const Index begin = b_begin + first;
         const Index rows = std::min(statistics_sub_block, b_rows - first);
         s.columns[0] = ones_column();
-        for (Index l = 0; l < d; ++l)
-            s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
         for (Index t = 0; t < q; ++t) s.columns[static_cast<std::size_t>(p + t)] = r + t * ldr;
         for (Index k = 0; k < K; ++k) {
             residuals_block(kind, data, coefficients[static_cast<std::size_t>(k)], begin, rows, r, ldr);
@@ -646,9 +635,6 @@ void split_normal_equations(const Matrix& ne, Index p, Matrix& gram, Matrix& rhs
     rhs = ne.topRightCorner(p, ne.cols() - p);
 }
 
-bool diagonal_structure(CovarianceType type) {
-    return type == CovarianceType::Diag || type == CovarianceType::Spherical;
-}
 
 /// Applies the covariance structure and the ridge to per-expert scatter matrices S_k (already
 /// divided by n_k) and returns the covariance to factor for expert k.
@@ -725,13 +711,15 @@ ExpertUpdateReport update_experts(Experts& experts,
     // a variance the exact second pass (residual_scatter) recomputes the scatter.
     // One pass: the statistics around the current coefficients (shifted_statistics).
     const std::vector<Matrix> stats = shifted_statistics(
-        experts.kind, data, resp, experts.coefficients, diagonal_structure(experts.covariance_type));
+        experts.kind, data, resp, experts.coefficients, detail::diagonal_statistics(experts.covariance_type));
     return detail::update_experts_from(experts, data, [&]() -> ConstMatrixRef { return resp; }, reg, stats);
 }
 
 namespace detail {
 
-bool diagonal_statistics(CovarianceType type) { return diagonal_structure(type); }
+bool diagonal_statistics(CovarianceType type) {
+    return type == CovarianceType::Diag || type == CovarianceType::Spherical;
+}
 
 ExpertUpdateReport update_experts_from(Experts& experts,
                                        const Dataset& data,
@@ -748,7 +736,7 @@ ExpertUpdateReport update_experts_from(Experts& experts,
     std::vector<Matrix> coefficients = experts.coefficients;
     Vector nk(K);
     std::vector<bool> update(static_cast<std::size_t>(K), false);
-    const bool diagonal = diagonal_structure(experts.covariance_type);
+    const bool diagonal = detail::diagonal_statistics(experts.covariance_type);
     std::vector<Matrix> scatter(static_cast<std::size_t>(K));
     Matrix gram;
     Matrix rhs;
@@ -855,7 +843,7 @@ Experts initial_experts(ExpertKind kind,
     split_normal_equations(normal, p, gram, rhs);
     bool deficient = false;
     const Matrix pooled = solve_normal_equations(gram, rhs, deficient);
-    const Matrix s = residual_scatter(kind, data, no_resp, {pooled}, diagonal_structure(type))[0] /
+    const Matrix s = residual_scatter(kind, data, no_resp, {pooled}, detail::diagonal_statistics(type))[0] /
                      data.weights.sum();
     const CovarianceFactor f =
         factor_or_throw(detail::structured_covariance(type, s, ridge_of(reg, q)), "initial_experts", "the pooled covariance");

@@ -1175,6 +1175,10 @@ void tree_gate_log_probabilities_block(
     tree_block(tree, columns_of(data), begin, rows, out, ld, s.scores.data(), s.norm.data());
 }
 
+void softmax_gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld) {
+    softmax_scores_block(v, columns_of(data), begin, rows, out, ld);
+}
+
 } // namespace detail
 
 } // namespace moekit

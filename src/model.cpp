@@ -46,24 +46,10 @@ Matrix unblocked_gate(const Model& model, const Dataset& data) {
     return gate_log_probabilities(model, data);
 }
 
-/// The softmax gate's scores z̃_i V for rows [begin, begin + rows), to out[i + k·ld]: the
-/// intercept, then each input in order (linear_scores_block, as the gate's Newton passes form
-/// them, so both give the same bits).
-void gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld) {
-    constexpr Index max_inline = 64;
-    const double* columns[max_inline];
-    std::vector<const double*> many;
-    const double** cols = columns;
-    if (v.rows() > max_inline) {
-        many.resize(static_cast<std::size_t>(v.rows()));
-        cols = many.data();
-    }
-    cols[0] = detail::ones_column();
-    for (Index l = 0; l + 1 < v.rows(); ++l) cols[l + 1] = data.z.data() + l * data.z.outerStride() + begin;
-    detail::linear_scores_block(v, cols, true, rows, out, ld);
-}
-
 /// log g_k(z_i) + log p_k(y_i | x_i) for rows [begin, begin + rows), written to out[i + k·ld].
+/// With `gate_prob` (a dense softmax gate only), the gate's probabilities g_ik go to
+/// gate_prob[i + k·ldp] and its log-probabilities stay in s.gate: the same bits as without
+/// (softmax_block and log_softmax_block agree), one exponential per entry more.
 void joint_block(const Model& model,
                  const Dataset& data,
                  const Matrix& gate_log,
@@ -71,7 +57,9 @@ void joint_block(const Model& model,
                  Index rows,
                  double* out,
                  Index ld,
-                 JointScratch& s) {
+                 JointScratch& s,
+                 double* gate_prob = nullptr,
+                 Index ldp = 0) {
     const Index K = model.n_experts();
     const auto* constant = gate_log.size() == 0 ? std::get_if<ConstantGate>(&model.gate) : nullptr;
     if (constant) {
@@ -89,9 +77,12 @@ void joint_block(const Model& model,
         // log softmax(Vᵀ z̃_i), as gate_log_probabilities: scores z̃_i V, then the row log-softmax.
         double* scores = s.gate.data();
         const Index lds = s.gate.outerStride();
-        gate_scores_block(g->coefficients, data, begin, rows, scores, lds);
+        detail::softmax_gate_scores_block(g->coefficients, data, begin, rows, scores, lds);
         double norm[detail::block_rows];
-        detail::log_softmax_block(scores, lds, rows, K, norm);
+        if (gate_prob)
+            detail::softmax_block(scores, lds, rows, K, norm, gate_prob, ldp);
+        else
+            detail::log_softmax_block(scores, lds, rows, K, norm);
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += Eigen::Map<const Eigen::ArrayXd>(scores + k * lds, rows);
     } else if (const auto* t = std::get_if<TreeGate>(&model.gate)) {
@@ -211,7 +202,6 @@ void detail::e_step_with_statistics(const Model& model,
         Matrix kept;                        ///< block_rows × (K·q) residuals
         Matrix g;                           ///< block_rows × K gate probabilities
         Matrix h;                           ///< block_rows × K responsibilities (not stored)
-        std::vector<double> norm;           ///< block_rows
         std::vector<double> block_norm;     ///< block_rows log-normalisers (not stored)
         std::vector<double> coef;           ///< block_rows
         std::vector<const double*> columns; ///< the gate design columns of a block
@@ -223,7 +213,7 @@ void detail::e_step_with_statistics(const Model& model,
         gate_offset + (gate_totals ? gate_totals->slot_size() : 0),
         scratch,
         [&] {
-            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), Matrix(), {}, {}, {}, {}};
+            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), Matrix(), {}, {}, {}};
             if (keep) {
                 s.kept.resize(block_rows, K * data.y.cols());
                 s.joint.experts.keep = s.kept.data();
@@ -235,7 +225,6 @@ void detail::e_step_with_statistics(const Model& model,
             }
             if (softmax) {
                 s.g.resize(block_rows, K);
-                s.norm.resize(static_cast<std::size_t>(block_rows));
                 s.coef.resize(static_cast<std::size_t>(block_rows));
                 s.columns.resize(static_cast<std::size_t>(mg));
             }
@@ -248,23 +237,9 @@ void detail::e_step_with_statistics(const Model& model,
             double* out = store ? h->data() + begin : s.h.data();
             const Index ld = store ? n : block_rows;
             double* norm = store ? log_norm->data() + begin : s.block_norm.data();
-            if (!softmax) {
-                joint_block(model, data, gate_log, begin, rows, out, ld, s.joint);
-            } else {
-                // As joint_block, with softmax_block in place of log_softmax_block: the same
-                // log-probabilities, plus the probabilities g.
-                expert_log_densities_block(model.experts, data, begin, rows, out, ld, s.joint.experts);
-                s.columns[0] = ones_column();
-                for (Index j = 1; j < mg; ++j)
-                    s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
-                linear_scores_block(softmax->coefficients, s.columns.data(), true, rows, s.joint.gate.data(),
-                                    s.joint.gate.outerStride());
-                const Index lds = s.joint.gate.outerStride();
-                softmax_block(s.joint.gate.data(), lds, rows, K, s.norm.data(), s.g.data(), s.g.outerStride());
-                for (Index k = 0; k < K; ++k)
-                    Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) +=
-                        Eigen::Map<const Eigen::ArrayXd>(s.joint.gate.data() + k * lds, rows);
-            }
+            // With a softmax gate the gate's probabilities g are kept for its Newton start.
+            joint_block(model, data, gate_log, begin, rows, out, ld, s.joint, softmax ? s.g.data() : nullptr,
+                        s.g.outerStride());
             softmax_block(out, ld, rows, K, norm);
             const RespView resp{out, ld, begin};
             shifted_statistics_block(kind, data, resp, model.experts.coefficients, diagonal, b, slot, s.stats,
@@ -272,10 +247,14 @@ void detail::e_step_with_statistics(const Model& model,
             // Σ_i w_i log p(y_i | x_i) of the block, in row order.
             const double* w = data.weights.data() + begin;
             slot[expert_slot] = weighted_sum_block(w, norm, rows);
-            if (softmax)
+            if (softmax) {
+                s.columns[0] = ones_column();
+                for (Index j = 1; j < mg; ++j)
+                    s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
                 softmax_objective_block(s.columns.data(), mg, w, out, ld, s.joint.gate.data(), s.joint.gate.outerStride(),
                                         s.g.data(), s.g.outerStride(), rows, K, true, true, s.coef.data(),
                                         slot + gate_offset);
+            }
         },
         [&](const double* slot, Index) {
             add_statistics(statistics.experts, slot);
