@@ -191,6 +191,39 @@ bool row_max(const double* a, Index lda, Index rows, Index cols, double* m) {
 }
 
 
+/// s[i] = Σ_k exp(a_ik − m_i) over the `cols` columns of a clean block (row_max held), and
+/// with `e` also e[i + k·lde] = exp(a_ik − m_i) (e may be a itself). Two registers per step (two
+/// independent exponentials in flight), then one, then the scalar tail: the one loop of
+/// log_sum_exp_block and softmax_block, so their sums have the same bits.
+void sum_exp(const double* a, Index lda, Index rows, Index cols, const double* m, double* s, double* e, Index lde) {
+    std::fill(s, s + rows, 0.0);
+    for (Index k = 0; k < cols; ++k) {
+        const double* ak = a + k * lda;
+        double* ek = e ? e + k * lde : nullptr;
+        Index i = 0;
+        for (; i + 2 * lanes <= rows; i += 2 * lanes) {
+            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
+            const vd e1 = exp_flushed(loadv(ak + i + lanes) - loadv(m + i + lanes));
+            if (ek) {
+                storev(ek + i, e0);
+                storev(ek + i + lanes, e1);
+            }
+            storev(s + i, loadv(s + i) + e0);
+            storev(s + i + lanes, loadv(s + i + lanes) + e1);
+        }
+        for (; i + lanes <= rows; i += lanes) {
+            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
+            if (ek) storev(ek + i, e0);
+            storev(s + i, loadv(s + i) + e0);
+        }
+        for (; i < rows; ++i) {
+            const double e0 = exp_flushed(ak[i] - m[i]);
+            if (ek) ek[i] = e0;
+            s[i] += e0;
+        }
+    }
+}
+
 /// log(x) for a positive, normal, finite x (T = double, or a register of them as vd): x = 2^e·m
 /// with m in [√½, √2) (the exponent read from the bits, converted exactly by the 2⁵² trick),
 /// f = m − 1, s = f / (2 + f), and log(1 + f) = f − (f²/2 − s(f²/2 + R)) with R = Σ_{k=1..11}
@@ -259,19 +292,7 @@ void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, doubl
         for (Index r = 0; r < rows; ++r) out[r] = log_sum_exp_row(a + r, lda, cols);
         return;
     }
-    std::fill(s, s + rows, 0.0);
-    for (Index k = 0; k < cols; ++k) {
-        const double* ak = a + k * lda;
-        Index i = 0;
-        for (; i + 2 * lanes <= rows; i += 2 * lanes) {
-            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
-            const vd e1 = exp_flushed(loadv(ak + i + lanes) - loadv(m + i + lanes));
-            storev(s + i, loadv(s + i) + e0);
-            storev(s + i + lanes, loadv(s + i + lanes) + e1);
-        }
-        for (; i + lanes <= rows; i += lanes) storev(s + i, loadv(s + i) + exp_flushed(loadv(ak + i) - loadv(m + i)));
-        for (; i < rows; ++i) s[i] += exp_flushed(ak[i] - m[i]);
-    }
+    sum_exp(a, lda, rows, cols, m, s, nullptr, 0);
     // Every term is <= 1 and the largest is 1: the sum is in [1, cols], its log finite.
     log_plus(m, s, rows, out);
 }
@@ -301,31 +322,10 @@ void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, d
         return;
     }
     // e = exp(a − m) into the probabilities (a itself when prob is null), s = Σ_k e.
-    std::fill(s, s + rows, 0.0);
-    for (Index k = 0; k < cols; ++k) {
-        const double* ak = a + k * lda;
-        double* pk = prob ? prob + k * ldp : a + k * lda;
-        Index i = 0;
-        // Two registers per step: two independent exponentials in flight.
-        for (; i + 2 * lanes <= rows; i += 2 * lanes) {
-            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
-            const vd e1 = exp_flushed(loadv(ak + i + lanes) - loadv(m + i + lanes));
-            storev(pk + i, e0);
-            storev(pk + i + lanes, e1);
-            storev(s + i, loadv(s + i) + e0);
-            storev(s + i + lanes, loadv(s + i + lanes) + e1);
-        }
-        for (; i + lanes <= rows; i += lanes) {
-            const vd e = exp_flushed(loadv(ak + i) - loadv(m + i));
-            storev(pk + i, e);
-            storev(s + i, loadv(s + i) + e);
-        }
-        for (; i < rows; ++i) {
-            const double e = exp_flushed(ak[i] - m[i]);
-            pk[i] = e;
-            s[i] += e;
-        }
-    }
+    if (prob)
+        sum_exp(a, lda, rows, cols, m, s, prob, ldp);
+    else
+        sum_exp(a, lda, rows, cols, m, s, a, lda);
     // Every term is <= 1 and the largest is 1: s is in [1, cols]. The normaliser and the
     // log-probabilities are computed exactly as log_sum_exp_block and log_softmax_block do, so
     // both give the same bits (the gate's Newton steps compare values from both).
