@@ -491,6 +491,31 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     }
     result.trace.push_back(current);
     double current_objective = objective(model, current, options);
+    // The E-step of the iteration that ends the fit only needs what the result holds: the
+    // log-likelihood and (final_responsibilities) the returned model's log responsibilities.
+    // An iteration known to be the last (the max_iter-th) or predicted to converge therefore
+    // runs a plain E-step (e_step into the result, or log_likelihood) instead of the pass
+    // gathering the next M-step's statistics, and the final E-step after the loop is saved. All
+    // three compute the log-likelihood with the same kernels and the same blocked sum, so the
+    // trace has the same bits either way; a wrong prediction (the fit goes on) costs one more
+    // pass, for the statistics, and changes no result.
+    bool final_ready = false; // result.responsibilities hold `model`'s
+    double previous_change = -1.0;
+    double last_change = -1.0;
+    auto predicted_last = [&](int it) {
+        if (it == options.max_iter) return true;
+        // EM converges linearly: the next change is about last·(last / previous). Predicted
+        // only well below tol, so that a wrong prediction stays rare.
+        if (options.tol <= 0.0 || previous_change <= 0.0 || last_change < 0.0 || last_change >= previous_change) return false;
+        return last_change * (last_change / previous_change) < 0.5 * options.tol;
+    };
+    auto plain_pass = [&](const Model& m) {
+        if (!final_responsibilities) return log_likelihood(m, data);
+        // The storage of a kept h becomes the result's (never two n×K arrays at once).
+        if (keep_h) result.responsibilities.log_resp = std::move(h);
+        e_step(m, data, result.responsibilities);
+        return detail::weighted_sum(data.weights, result.responsibilities.log_norm);
+    };
 
     for (int it = 1; it <= options.max_iter; ++it) {
         Model candidate = model;
@@ -519,7 +544,8 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
 
         // The candidate's E-step overwrites the buffers; a rejected (non-finite) candidate
         // ends the loop, and the final E-step below is the kept model's.
-        const double value = e_step_pass(candidate);
+        const bool plain = predicted_last(it);
+        const double value = plain ? plain_pass(candidate) : e_step_pass(candidate);
         if (!std::isfinite(value)) {
             record(result.interventions, {restart, it, "non_finite", -1,
                                           "the log-likelihood became non-finite; stopped with the last finite model"});
@@ -540,21 +566,27 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
         // converged changes nothing.
         const bool go_on =
             !options.on_iteration || options.on_iteration(FitProgress{restart, options.restarts, it, current});
-        if (change < options.tol) {
-            result.converged = true;
+        if (change < options.tol || !go_on || it == options.max_iter) {
+            result.converged = change < options.tol;
+            result.interrupted = !result.converged && !go_on;
+            final_ready = plain && final_responsibilities;
             break;
         }
-        if (!go_on) {
-            result.interrupted = true;
-            break;
+        previous_change = last_change;
+        last_change = change;
+        if (plain) {
+            // Predicted wrongly: the next M-step needs this model's statistics (and h). The
+            // same log-likelihood, to the bit.
+            if (keep_h) h = std::move(result.responsibilities.log_resp);
+            e_step_pass(model);
         }
     }
-    if (final_responsibilities) {
+    if (final_responsibilities && !final_ready) {
         // The log responsibilities of the returned model, written over h's storage when the loop
         // kept one (never two n×K arrays at once); a constant- or hash-gated loop kept none, and
-        // they are allocated here.
-        result.responsibilities.log_resp = std::move(h);
-        result.responsibilities.log_norm = std::move(log_norm);
+        // they are allocated here (or a plain pass of a rejected candidate left them).
+        if (h.size() != 0) result.responsibilities.log_resp = std::move(h);
+        if (log_norm.size() != 0) result.responsibilities.log_norm = std::move(log_norm);
         e_step(model, data, result.responsibilities);
     }
     result.model = std::move(model);

@@ -640,3 +640,54 @@ TEST_CASE("fit_em without kept responsibilities computes them for the exact seco
                 1e-9 * reference.experts.covariances[k].covariance.cwiseAbs().maxCoeff());
     }
 }
+
+TEST_CASE("the fit's last E-step is a plain one, with the same bits", "[em]") {
+    // The iteration that ends a fit (the max_iter-th, or one predicted to converge) runs a plain
+    // E-step into the result instead of the pass that gathers the next M-step's statistics; a
+    // wrong prediction is followed by that pass. Neither may change a bit: the trace of a
+    // shorter fit is a prefix of a longer one's, a converged fit's trace is that of the fit run
+    // for the same number of iterations without tol, and the returned responsibilities and
+    // log-likelihood are e_step's and log_likelihood's of the returned model.
+    const moekit::Dataset data = three_regimes(9001);
+    for (const GateKind gate : {GateKind::Constant, GateKind::Softmax, GateKind::Tree}) {
+        for (const ExpertKind expert : {ExpertKind::Linear, ExpertKind::Gaussian}) {
+            INFO("gate " << moekit::to_string(gate) << ", expert " << moekit::to_string(expert));
+            FitOptions options;
+            options.expert = expert;
+            options.gate = gate;
+            if (gate == GateKind::Tree) options.tree = {2, 2};
+            options.n_experts = gate == GateKind::Tree ? 4 : 3;
+            options.tol = 0.0;
+            moekit::Rng rng(5);
+            const Model init = moekit::initialize(data, options, rng);
+            options.max_iter = 12;
+            const FitResult longer = moekit::fit_em(data, init, options);
+            REQUIRE(longer.iterations == 12);
+            auto require_consistent = [&](const FitResult& r) {
+                REQUIRE(r.trace.size() == static_cast<std::size_t>(r.iterations) + 1);
+                for (std::size_t t = 0; t < r.trace.size(); ++t) REQUIRE(r.trace[t] == longer.trace[t]);
+                REQUIRE(r.log_likelihood == r.trace.back());
+                REQUIRE(r.log_likelihood == moekit::log_likelihood(r.model, data));
+                const moekit::Responsibilities e = moekit::e_step(r.model, data);
+                REQUIRE((r.responsibilities.log_resp.array() == e.log_resp.array()).all());
+                REQUIRE((r.responsibilities.log_norm.array() == e.log_norm.array()).all());
+            };
+            for (const int max_iter : {1, 2, 5}) {
+                options.max_iter = max_iter;
+                const FitResult shorter = moekit::fit_em(data, init, options);
+                REQUIRE(shorter.iterations == max_iter);
+                require_consistent(shorter);
+            }
+            // Tolerances from 1e-2 to 1e-8: fits that stop at different iterations, some after a
+            // predicted stop that did not come (the ratio of successive changes varies here).
+            options.max_iter = 12;
+            for (int step = 0; step <= 24; ++step) {
+                const double tol = std::pow(10.0, -2.0 - 0.25 * step);
+                options.tol = tol;
+                const FitResult converged = moekit::fit_em(data, init, options);
+                INFO("tol " << tol << ": " << converged.iterations << " iterations");
+                require_consistent(converged);
+            }
+        }
+    }
+}
