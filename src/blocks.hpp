@@ -243,9 +243,11 @@ void weighted_sumsq_block(const double* a, const double* const* u, Index rows, I
 /// summation order.
 void dot_columns_block(const double* const* u, Index nu, const double* b, Index rows, double* out);
 
-/// Σ_i w_i h_i t_i over the rows with h_i > 0 (terms with h_i = 0 count 0 even where t_i is
-/// −∞), fixed summation order.
-double masked_weighted_sum_block(const double* w, const double* h, const double* t, Index rows);
+/// sums[k] = Σ_i w_i h_ik t_ik over the rows with h_ik > 0 (terms with h_ik = 0 count 0 even
+/// where t_ik is −∞) for the K columns h_k = h + k·ldh, t_k = t + k·ldt; a fixed summation order
+/// per column (its two packet accumulators, then the tail).
+void masked_weighted_sums_block(
+    const double* w, const double* h, Index ldh, const double* t, Index ldt, Index rows, Index K, double* sums);
 
 /// out[i] = exp(a[i]) for a block, with results below the smallest normal double flushed to 0.
 void exp_block(const double* a, Index rows, double* out);
@@ -323,7 +325,7 @@ ExpertUpdateReport update_experts_from(Experts& experts,
 /// its gradient in the free columns k >= 1 (slot[1 ..], m × (K−1), when `gradient`) and the
 /// upper triangles of the Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ, 1 <= k <= l
 /// (after the gradient, m × m each, when `hessian`), from the block's design columns, weights
-/// w, targets h (`resp`), log g and g. c: rows doubles of scratch. The one kernel of the gate's
+/// w, targets h (`resp`), log g and g. The one kernel of the gate's
 /// Newton passes and of the EM E-step pass that evaluates the first of them.
 void softmax_objective_block(const double* const* columns,
                              Index m,
@@ -338,7 +340,6 @@ void softmax_objective_block(const double* const* columns,
                              Index K,
                              bool gradient,
                              bool hessian,
-                             double* c,
                              double* slot);
 
 /// Softmax scores z̃_i V of a block: out[i + k·ld] = Σ_j V_jk u_j(i) over the m = V.rows()

@@ -201,24 +201,42 @@ void dot_columns_block(const double* const* u, Index nu, const double* b, Index 
     for (; j < nu; ++j) out[j] = dot1(b, u[j], rows);
 }
 
-double masked_weighted_sum_block(const double* w, const double* h, const double* t, Index rows) {
+void masked_weighted_sums_block(
+    const double* w, const double* h, Index ldh, const double* t, Index ldt, Index rows, Index K, double* sums) {
+    // Per column k the sum of its own two packet accumulators (even and odd packets), then the
+    // tail in order; up to four columns per sweep, so w is loaded once for all of them.
     using namespace Eigen::internal;
     const Packet zero = pset1<Packet>(0.0);
-    Packet c0 = zero;
-    Packet c1 = zero;
-    Index i = 0;
-    for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
-        const Packet h0 = ploadu<Packet>(h + i);
-        const Packet h1 = ploadu<Packet>(h + i + packet_size);
-        const Packet v0 = pmul(pmul(ploadu<Packet>(w + i), h0), ploadu<Packet>(t + i));
-        const Packet v1 = pmul(pmul(ploadu<Packet>(w + i + packet_size), h1), ploadu<Packet>(t + i + packet_size));
-        c0 = padd(c0, pselect(pcmp_lt(zero, h0), v0, zero));
-        c1 = padd(c1, pselect(pcmp_lt(zero, h1), v1, zero));
+    constexpr Index per_sweep = 4;
+    for (Index k0 = 0; k0 < K; k0 += per_sweep) {
+        const Index kc = std::min(per_sweep, K - k0);
+        Packet c0[per_sweep];
+        Packet c1[per_sweep];
+        for (Index c = 0; c < per_sweep; ++c) c0[c] = c1[c] = zero;
+        Index i = 0;
+        for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+            const Packet w0 = ploadu<Packet>(w + i);
+            const Packet w1 = ploadu<Packet>(w + i + packet_size);
+            for (Index c = 0; c < kc; ++c) {
+                const double* hk = h + (k0 + c) * ldh;
+                const double* tk = t + (k0 + c) * ldt;
+                const Packet h0 = ploadu<Packet>(hk + i);
+                const Packet h1 = ploadu<Packet>(hk + i + packet_size);
+                const Packet v0 = pmul(pmul(w0, h0), ploadu<Packet>(tk + i));
+                const Packet v1 = pmul(pmul(w1, h1), ploadu<Packet>(tk + i + packet_size));
+                c0[c] = padd(c0[c], pselect(pcmp_lt(zero, h0), v0, zero));
+                c1[c] = padd(c1[c], pselect(pcmp_lt(zero, h1), v1, zero));
+            }
+        }
+        for (Index c = 0; c < kc; ++c) {
+            const double* hk = h + (k0 + c) * ldh;
+            const double* tk = t + (k0 + c) * ldt;
+            double tail = 0.0;
+            for (Index r = i; r < rows; ++r)
+                if (hk[r] > 0.0) tail += w[r] * hk[r] * tk[r];
+            sums[k0 + c] = predux(padd(c0[c], c1[c])) + tail;
+        }
     }
-    double tail = 0.0;
-    for (; i < rows; ++i)
-        if (h[i] > 0.0) tail += w[i] * h[i] * t[i];
-    return predux(padd(c0, c1)) + tail;
 }
 
 void reserve_scratch(ExpertScratch& s, const Experts& experts) {

@@ -7,6 +7,7 @@
 #include "moekit/log_sum_exp.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -600,7 +601,6 @@ void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& e
     struct Scratch {
         Matrix log_g;                       ///< block_rows × K
         Matrix g;                           ///< block_rows × K (gradient or Hessian)
-        std::vector<double> coef;           ///< block_rows
         std::vector<double> norm;           ///< block_rows
         std::vector<const double*> columns; ///< the m design columns of the block
         Matrix t;                           ///< block_rows × K: a tree node's targets
@@ -616,7 +616,6 @@ void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& e
             Scratch s;
             s.log_g.resize(detail::block_rows, max_K);
             if (any_derivatives) s.g.resize(detail::block_rows, max_K);
-            s.coef.resize(static_cast<std::size_t>(detail::block_rows));
             s.norm.resize(static_cast<std::size_t>(detail::block_rows));
             s.columns.resize(static_cast<std::size_t>(m));
             if (any_node) {
@@ -659,7 +658,7 @@ void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& e
                 else
                     detail::log_softmax_block(s.log_g.data(), ld, rows, K, s.norm.data());
                 detail::softmax_objective_block(s.columns.data(), m, w, h0, ldh, s.log_g.data(), ld, s.g.data(), ldg, rows,
-                                                K, ev.gradient != nullptr, ev.hessian != nullptr, s.coef.data(), slot);
+                                                K, ev.gradient != nullptr, ev.hessian != nullptr, slot);
             }
         },
         [&](const double* block_slot, Index) {
@@ -683,42 +682,70 @@ constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 } // namespace
 
 void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
-    // Per sample a register sum, one multiply-add per column in column order (pmadd in packets,
-    // fused_madd in the tail and beyond 32 columns: the same bits everywhere).
+    // Per sample and class a register sum, one multiply-add per column in column order (pmadd
+    // in packets, fused_madd in the tail and beyond 32 columns: the same bits everywhere).
+    // Up to four classes per sweep over the rows, so each column packet is loaded once for all
+    // of them; the coefficients are read from memory as broadcasts.
     using namespace Eigen::internal;
     const Index m = v.rows();
     const Index first = intercept ? 1 : 0;
+    const Index K = v.cols();
     constexpr Index max_columns = 32;
-    for (Index k = 0; k < v.cols(); ++k) {
-        double* sk = out + k * ld;
-        const double start = intercept ? v(0, k) : 0.0;
-        if (m - first > max_columns) {
-            std::fill(sk, sk + rows, start);
+    constexpr Index classes_per_sweep = 4;
+    if (m - first > max_columns) {
+        for (Index k = 0; k < K; ++k) {
+            double* sk = out + k * ld;
+            std::fill(sk, sk + rows, intercept ? v(0, k) : 0.0);
             for (Index j = first; j < m; ++j) {
                 const double vj = v(j, k);
                 const double* dj = columns[j];
                 for (Index i = 0; i < rows; ++i) sk[i] = fused_madd(vj, dj[i], sk[i]);
             }
-            continue;
         }
-        Packet vp[max_columns];
-        for (Index j = first; j < m; ++j) vp[j - first] = pset1<Packet>(v(j, k));
-        const Packet s0 = pset1<Packet>(start);
-        Index i = 0;
-        for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
-            Packet a0 = s0;
-            Packet a1 = s0;
-            for (Index j = first; j < m; ++j) {
-                a0 = pmadd(vp[j - first], ploadu<Packet>(columns[j] + i), a0);
-                a1 = pmadd(vp[j - first], ploadu<Packet>(columns[j] + i + packet_size), a1);
+        return;
+    }
+    for (Index k0 = 0; k0 < K; k0 += classes_per_sweep) {
+        const Index kc = std::min(classes_per_sweep, K - k0);
+        double coef[max_columns * classes_per_sweep]; // coef[(j − first)·4 + c]
+        double start[classes_per_sweep];
+        for (Index c = 0; c < kc; ++c) {
+            start[c] = intercept ? v(0, k0 + c) : 0.0;
+            for (Index j = first; j < m; ++j) coef[(j - first) * classes_per_sweep + c] = v(j, k0 + c);
+        }
+        auto sweep = [&](auto classes) {
+            constexpr Index C = decltype(classes)::value;
+            Index i = 0;
+            for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
+                Packet a0[C];
+                Packet a1[C];
+                for (Index c = 0; c < C; ++c) a0[c] = a1[c] = pset1<Packet>(start[c]);
+                for (Index j = first; j < m; ++j) {
+                    const Packet d0 = ploadu<Packet>(columns[j] + i);
+                    const Packet d1 = ploadu<Packet>(columns[j] + i + packet_size);
+                    const double* cj = coef + (j - first) * classes_per_sweep;
+                    for (Index c = 0; c < C; ++c) {
+                        const Packet vc = pset1<Packet>(cj[c]);
+                        a0[c] = pmadd(vc, d0, a0[c]);
+                        a1[c] = pmadd(vc, d1, a1[c]);
+                    }
+                }
+                for (Index c = 0; c < C; ++c) {
+                    pstoreu(out + (k0 + c) * ld + i, a0[c]);
+                    pstoreu(out + (k0 + c) * ld + i + packet_size, a1[c]);
+                }
             }
-            pstoreu(sk + i, a0);
-            pstoreu(sk + i + packet_size, a1);
-        }
-        for (; i < rows; ++i) {
-            double a = start;
-            for (Index j = first; j < m; ++j) a = fused_madd(v(j, k), columns[j][i], a);
-            sk[i] = a;
+            for (; i < rows; ++i)
+                for (Index c = 0; c < C; ++c) {
+                    double a = start[c];
+                    for (Index j = first; j < m; ++j) a = fused_madd(coef[(j - first) * classes_per_sweep + c], columns[j][i], a);
+                    out[(k0 + c) * ld + i] = a;
+                }
+        };
+        switch (kc) {
+        case 1: sweep(std::integral_constant<Index, 1>{}); break;
+        case 2: sweep(std::integral_constant<Index, 2>{}); break;
+        case 3: sweep(std::integral_constant<Index, 3>{}); break;
+        default: sweep(std::integral_constant<Index, 4>{}); break;
         }
     }
 }
@@ -768,20 +795,28 @@ void softmax_objective_block(const double* const* columns,
                              Index K,
                              bool gradient,
                              bool hessian,
-                             double* c,
                              double* slot) {
     const Index F = K - 1;
     // Σ_i w_i Σ_k h_ik log g_ik; terms with h_ik = 0 contribute 0 even where log g_ik = −∞.
-    for (Index k = 0; k < K; ++k)
-        slot[0] += masked_weighted_sum_block(w, resp + k * ld_resp, log_g + k * ld_log_g, rows);
+    thread_local std::vector<double> per_class;
+    per_class.resize(static_cast<std::size_t>(K));
+    masked_weighted_sums_block(w, resp, ld_resp, log_g, ld_log_g, rows, K, per_class.data());
+    for (Index k = 0; k < K; ++k) slot[0] += per_class[static_cast<std::size_t>(k)];
     if (gradient) {
-        // Σ_i w_i z̃_i (h_ik − g_ik) for the free columns k >= 1.
-        for (Index k = 1; k < K; ++k) {
-            const double* h = resp + k * ld_resp;
-            const double* gk = g + k * ldg;
-            for (Index i = 0; i < rows; ++i) c[i] = w[i] * (h[i] - gk[i]);
-            dot_columns_block(columns, m, c, rows, slot + 1 + (k - 1) * m);
-        }
+        // Σ_i w_i z̃_i (h_ik − g_ik) for the free columns k >= 1, all in one sweep
+        // (multi_dot_block): per chunk of rows the weights c_k,i are formed once.
+        multi_dot_block(
+            columns, m, rows, F,
+            [&](Index i0, Index count, double* const* c) {
+                for (Index k = 1; k < K; ++k) {
+                    const double* h = resp + k * ld_resp + i0;
+                    const double* gk = g + k * ldg + i0;
+                    const double* wi = w + i0;
+                    double* ck = c[k - 1];
+                    for (Index i = 0; i < count; ++i) ck[i] = wi[i] * (h[i] - gk[i]);
+                }
+            },
+            slot + 1);
     }
     // −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ, upper triangles of the blocks k <= l.
     if (hessian) softmax_hessian_block(columns, m, w, g, ldg, rows, K, slot + 1 + (gradient ? m * F : 0));

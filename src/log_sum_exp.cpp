@@ -192,35 +192,49 @@ bool row_max(const double* a, Index lda, Index rows, Index cols, double* m) {
 
 
 /// s[i] = Σ_k exp(a_ik − m_i) over the `cols` columns of a clean block (row_max held), and
-/// with `e` also e[i + k·lde] = exp(a_ik − m_i) (e may be a itself). Two registers per step (two
-/// independent exponentials in flight), then one, then the scalar tail: the one loop of
-/// log_sum_exp_block and softmax_block, so their sums have the same bits.
+/// with `e` also e[i + k·lde] = exp(a_ik − m_i) (e may be a itself). Per step two registers of
+/// rows (two independent exponentials in flight) through all columns, their sums kept in
+/// registers and added in column order; then one register, then the scalar tail: the one loop
+/// of log_sum_exp_block and softmax_block, so their sums have the same bits.
 void sum_exp(const double* a, Index lda, Index rows, Index cols, const double* m, double* s, double* e, Index lde) {
-    std::fill(s, s + rows, 0.0);
-    for (Index k = 0; k < cols; ++k) {
-        const double* ak = a + k * lda;
-        double* ek = e ? e + k * lde : nullptr;
-        Index i = 0;
-        for (; i + 2 * lanes <= rows; i += 2 * lanes) {
-            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
-            const vd e1 = exp_flushed(loadv(ak + i + lanes) - loadv(m + i + lanes));
-            if (ek) {
-                storev(ek + i, e0);
-                storev(ek + i + lanes, e1);
+    Index i = 0;
+    for (; i + 2 * lanes <= rows; i += 2 * lanes) {
+        const vd m0 = loadv(m + i);
+        const vd m1 = loadv(m + i + lanes);
+        vd s0 = splat(0.0);
+        vd s1 = splat(0.0);
+        for (Index k = 0; k < cols; ++k) {
+            const double* ak = a + k * lda;
+            const vd e0 = exp_flushed(loadv(ak + i) - m0);
+            const vd e1 = exp_flushed(loadv(ak + i + lanes) - m1);
+            if (e) {
+                storev(e + k * lde + i, e0);
+                storev(e + k * lde + i + lanes, e1);
             }
-            storev(s + i, loadv(s + i) + e0);
-            storev(s + i + lanes, loadv(s + i + lanes) + e1);
+            s0 = s0 + e0;
+            s1 = s1 + e1;
         }
-        for (; i + lanes <= rows; i += lanes) {
-            const vd e0 = exp_flushed(loadv(ak + i) - loadv(m + i));
-            if (ek) storev(ek + i, e0);
-            storev(s + i, loadv(s + i) + e0);
+        storev(s + i, s0);
+        storev(s + i + lanes, s1);
+    }
+    for (; i + lanes <= rows; i += lanes) {
+        const vd m0 = loadv(m + i);
+        vd s0 = splat(0.0);
+        for (Index k = 0; k < cols; ++k) {
+            const vd e0 = exp_flushed(loadv(a + k * lda + i) - m0);
+            if (e) storev(e + k * lde + i, e0);
+            s0 = s0 + e0;
         }
-        for (; i < rows; ++i) {
-            const double e0 = exp_flushed(ak[i] - m[i]);
-            if (ek) ek[i] = e0;
-            s[i] += e0;
+        storev(s + i, s0);
+    }
+    for (; i < rows; ++i) {
+        double s0 = 0.0;
+        for (Index k = 0; k < cols; ++k) {
+            const double e0 = exp_flushed(a[i + k * lda] - m[i]);
+            if (e) e[i + k * lde] = e0;
+            s0 += e0;
         }
+        s[i] = s0;
     }
 }
 

@@ -203,7 +203,6 @@ void detail::e_step_with_statistics(const Model& model,
         Matrix g;                           ///< block_rows × K gate probabilities
         Matrix h;                           ///< block_rows × K responsibilities (not stored)
         std::vector<double> block_norm;     ///< block_rows log-normalisers (not stored)
-        std::vector<double> coef;           ///< block_rows
         std::vector<const double*> columns; ///< the gate design columns of a block
     };
     std::vector<Scratch> scratch;
@@ -213,7 +212,7 @@ void detail::e_step_with_statistics(const Model& model,
         gate_offset + (gate_totals ? gate_totals->slot_size() : 0),
         scratch,
         [&] {
-            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), Matrix(), {}, {}, {}};
+            Scratch s{make_joint_scratch(model), make_statistics_scratch(kind, data), Matrix(), Matrix(), Matrix(), {}, {}};
             if (keep) {
                 s.kept.resize(block_rows, K * data.y.cols());
                 s.joint.experts.keep = s.kept.data();
@@ -225,7 +224,6 @@ void detail::e_step_with_statistics(const Model& model,
             }
             if (softmax) {
                 s.g.resize(block_rows, K);
-                s.coef.resize(static_cast<std::size_t>(block_rows));
                 s.columns.resize(static_cast<std::size_t>(mg));
             }
             return s;
@@ -252,8 +250,7 @@ void detail::e_step_with_statistics(const Model& model,
                 for (Index j = 1; j < mg; ++j)
                     s.columns[static_cast<std::size_t>(j)] = data.z.data() + (j - 1) * data.z.outerStride() + begin;
                 softmax_objective_block(s.columns.data(), mg, w, out, ld, s.joint.gate.data(), s.joint.gate.outerStride(),
-                                        s.g.data(), s.g.outerStride(), rows, K, true, true, s.coef.data(),
-                                        slot + gate_offset);
+                                        s.g.data(), s.g.outerStride(), rows, K, true, true, slot + gate_offset);
             }
         },
         [&](const double* slot, Index) {

@@ -385,3 +385,54 @@ TEST_CASE("softmax gate Hessian equals the naive sum for many blocks, classes an
         }
     }
 }
+
+TEST_CASE("softmax gate objective and gradient equal the naive sums for many blocks, classes and inputs",
+          "[gates]") {
+    // The value sums each class's weighted log-probabilities in packets (up to four classes per
+    // sweep), the scores sweep up to four classes per pass over the inputs, and the gradient
+    // sweeps all free classes at once in register tiles (padded rows and columns, chunks, a
+    // scalar tail): against Σ_i w_i Σ_k h_ik log g_ik − penalty and Σ_i w_i (h_ik − g_ik) z̃_i
+    // summed naively in long double over three sample blocks, the last partial.
+    const Index n = 9001;
+    for (const Index g : {0, 1, 4, 7, 16}) {
+        for (const Index K : {2, 3, 5, 8, 9}) {
+            INFO("g = " << g << ", K = " << K);
+            const Problem p = random_problem(500 + static_cast<std::uint64_t>(11 * g + K), n, g, K);
+            const Matrix design = naive_design(p.z);
+            const double lambda = 0.25;
+            Vector gradient;
+            const double value =
+                moekit::softmax_gate_objective(SoftmaxGate{p.v}, design, p.w, p.h, lambda, &gradient, nullptr);
+            const Index m = g + 1;
+            std::vector<long double> naive_gradient(static_cast<std::size_t>(m * (K - 1)), 0.0L);
+            long double naive_value = 0.0L;
+            long double gradient_scale = 0.0L;
+            for (Index i = 0; i < n; ++i) {
+                const std::vector<double> scores = moekit_test::naive_gate_scores(p.z, i, p.v);
+                const std::vector<double> gi = moekit_test::naive_softmax(scores);
+                const double lse = moekit_test::naive_log_sum_exp(scores);
+                for (Index k = 0; k < K; ++k) {
+                    naive_value += static_cast<long double>(p.w(i)) * p.h(i, k) *
+                                   (scores[static_cast<std::size_t>(k)] - lse);
+                    if (k == 0) continue;
+                    const long double c = static_cast<long double>(p.w(i)) * (p.h(i, k) - gi[static_cast<std::size_t>(k)]);
+                    for (Index a = 0; a < m; ++a) {
+                        naive_gradient[static_cast<std::size_t>((k - 1) * m + a)] += c * design(i, a);
+                        gradient_scale += std::fabs(static_cast<long double>(p.w(i)) * design(i, a));
+                    }
+                }
+            }
+            long double penalty = 0.0L;
+            for (Index k = 1; k < K; ++k)
+                for (Index a = 1; a < m; ++a) penalty += 0.5L * lambda * p.v(a, k) * p.v(a, k);
+            REQUIRE(value == Approx(static_cast<double>(naive_value - penalty)).epsilon(1e-13));
+            REQUIRE(gradient.size() == m * (K - 1));
+            for (Index k = 1; k < K; ++k)
+                for (Index a = 0; a < m; ++a) {
+                    double expected = static_cast<double>(naive_gradient[static_cast<std::size_t>((k - 1) * m + a)]);
+                    if (a > 0) expected -= lambda * p.v(a, k);
+                    REQUIRE(std::fabs(gradient((k - 1) * m + a) - expected) <= 1e-13 * static_cast<double>(gradient_scale));
+                }
+        }
+    }
+}
