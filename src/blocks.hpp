@@ -15,6 +15,7 @@
 // Eigen product with a long inner dimension: Eigen chooses its GEMM blocking from the number
 // of threads, which would break the bit-identity.
 
+#include "aligned_buffer.hpp"
 #include "moekit/covariance.hpp"
 #include "moekit/experts.hpp"
 #include "moekit/gates.hpp"
@@ -141,11 +142,15 @@ Index density_scratch_size(Index q);
 
 /// Per-thread work space of the expert kernels, allocated once per call of a blocked
 /// operation (never per block).
+/// Linear experts whose residuals are formed in one sweep when they are not kept.
+inline constexpr Index linear_expert_group = 4;
+
 struct ExpertScratch {
-    Matrix residuals;                   ///< block_rows × q
+    Matrix residuals;                   ///< block_rows × (q · experts per sweep)
+    Matrix stacked;                     ///< the coefficients of a group of linear experts, side by side
     std::vector<const double*> columns; ///< column pointers of a block
-    std::vector<double> weights;        ///< block_rows weights w_i h_ik
-    std::vector<double> buffer;         ///< density kernel scratch
+    AlignedBuffer weights;              ///< block_rows weights w_i h_ik
+    AlignedBuffer buffer;               ///< density kernel scratch
     /// Where linear experts' residuals are kept (expert k's q columns at keep + k·q·keep_ld,
     /// leading dimension keep_ld) instead of `residuals`, for the M-step statistics of the same
     /// pass; null: not kept.
@@ -170,7 +175,7 @@ void expert_log_densities_block(const Experts& experts,
 /// Per-thread work space of the tree gate's blocked E-step kernel.
 struct TreeGateScratch {
     Matrix scores;              ///< block_rows × (largest branching): one node's log-softmax
-    std::vector<double> norm;   ///< block_rows
+    AlignedBuffer norm;         ///< block_rows
 };
 
 /// Sizes `s` for `tree`.
@@ -273,12 +278,12 @@ inline constexpr Index statistics_sub_block = 256;
 /// Per-thread work space of shifted_statistics_block.
 struct StatisticsScratch {
     Matrix residuals;                   ///< statistics_sub_block × q
-    std::vector<double> weights;        ///< statistics_sub_block
+    AlignedBuffer weights;              ///< statistics_sub_block
     std::vector<const double*> columns; ///< m
     Matrix part;                        ///< m × m, one sub-block's cross products
     std::vector<double> diag;           ///< q
     std::vector<double> gram;           ///< K × p × p: linear experts' X̃ᵀAX̃ of a block
-    std::vector<double> product;        ///< statistics_sub_block: a ∘ r_t
+    AlignedBuffer product;              ///< statistics_sub_block: a ∘ r_t
     std::vector<double> dots;           ///< p
 };
 
@@ -428,8 +433,9 @@ void e_step_with_statistics(const Model& model,
                             Vector* log_norm,
                             EStepStatistics& statistics);
 
-/// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows×q, leading
-/// dimension ldr).
+/// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows × W.cols(),
+/// leading dimension ldr). W may hold several experts' coefficients side by side (p × G·q):
+/// column c is fitted to target c mod q. Each residual has the same bits whatever the grouping.
 void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr);
 
 } // namespace moekit::detail

@@ -322,12 +322,12 @@ Vector log_normal_density(const ConstMatrixRef& residuals, const CovarianceFacto
     const Index q = residuals.cols();
     Vector out(n);
     const bool diagonal = factor.lower.isDiagonal(0.0);
-    std::vector<std::vector<double>> scratch;
+    std::vector<detail::AlignedBuffer> scratch;
     detail::for_each_block(
         n,
         scratch,
-        [&] { return std::vector<double>(static_cast<std::size_t>(detail::density_scratch_size(q))); },
-        [&](Index b, std::vector<double>& s) {
+        [&] { return detail::AlignedBuffer(static_cast<std::size_t>(detail::density_scratch_size(q))); },
+        [&](Index b, detail::AlignedBuffer& s) {
             const Index begin = detail::block_begin(b);
             detail::gaussian_log_density_block(residuals.data() + begin,
                                                residuals.outerStride(),

@@ -107,7 +107,7 @@ void dot_tile2(const double* w0, const double* w1, const double* const* u, Index
 } // namespace
 
 const double* ones_column() {
-    static const std::vector<double> ones(static_cast<std::size_t>(block_rows), 1.0);
+    static const AlignedBuffer ones(static_cast<std::size_t>(block_rows), 1.0);
     return ones.data();
 }
 
@@ -241,7 +241,7 @@ void masked_weighted_sums_block(
 
 void reserve_scratch(ExpertScratch& s, const Experts& experts) {
     const Index q = experts.n_outputs();
-    s.residuals.resize(block_rows, q);
+    s.residuals.resize(block_rows, (experts.kind == ExpertKind::Linear ? std::min(experts.n_experts(), linear_expert_group) : 1) * q);
     s.columns.resize(static_cast<std::size_t>(experts.n_inputs() + 1 + q));
     s.weights.resize(static_cast<std::size_t>(block_rows));
     s.buffer.resize(static_cast<std::size_t>(density_scratch_size(q)));
@@ -249,56 +249,18 @@ void reserve_scratch(ExpertScratch& s, const Experts& experts) {
 
 /// r = y − x̃ W for rows [begin, begin + rows) into `r` (rows×q, leading dimension ldr).
 void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
-    const Index q = w.cols();
+    // The fitted means x̃ w_c by linear_scores_block (intercept, then the inputs in order, one
+    // multiply-add each, up to four columns per sweep over the inputs), then y minus them.
+    const Index q = data.y.cols();
     const Index d = w.rows() - 1;
-    // Input columns of the block, read in place.
-    constexpr Index max_stacked = 16;
-    const double* x[max_stacked];
-    for (Index l = 0; l < std::min(d, max_stacked); ++l) x[l] = data.x.data() + l * data.x.outerStride() + begin;
-    for (Index t = 0; t < q; ++t) {
-        double* rt = r + t * ldr;
-        const double* yt = data.y.data() + t * data.y.outerStride() + begin;
-        // The fitted mean x̃ W first (intercept, then the inputs in order, one multiply-add each:
-        // pmadd in packets, fused_madd in the tail, the same bits), then y minus it. Up to 16
-        // inputs the sum stays in a register per sample (one store per residual instead of one
-        // per input); beyond, the rest of the inputs are added sweep by sweep in the same order.
-        const double w0 = w(0, t);
-        const double* wt = w.data() + t * w.outerStride() + 1;
-        const Index stacked = std::min(d, max_stacked);
-        if (d <= max_stacked) {
-            using namespace Eigen::internal;
-            Packet wp[max_stacked];
-            for (Index l = 0; l < stacked; ++l) wp[l] = pset1<Packet>(wt[l]);
-            const Packet w0p = pset1<Packet>(w0);
-            Index i = 0;
-            for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
-                Packet a0 = w0p;
-                Packet a1 = w0p;
-                for (Index l = 0; l < stacked; ++l) {
-                    a0 = pmadd(wp[l], ploadu<Packet>(x[l] + i), a0);
-                    a1 = pmadd(wp[l], ploadu<Packet>(x[l] + i + packet_size), a1);
-                }
-                pstoreu(rt + i, psub(ploadu<Packet>(yt + i), a0));
-                pstoreu(rt + i + packet_size, psub(ploadu<Packet>(yt + i + packet_size), a1));
-            }
-            for (; i < rows; ++i) {
-                double acc = w0;
-                for (Index l = 0; l < stacked; ++l) acc = fused_madd(wt[l], x[l][i], acc);
-                rt[i] = yt[i] - acc;
-            }
-            continue;
-        }
-        for (Index i = 0; i < rows; ++i) {
-            double acc = w0;
-            for (Index l = 0; l < stacked; ++l) acc = fused_madd(wt[l], x[l][i], acc);
-            rt[i] = acc;
-        }
-        for (Index l = stacked; l < d; ++l) {
-            const double wl = wt[l];
-            const double* xl = data.x.data() + l * data.x.outerStride() + begin;
-            for (Index i = 0; i < rows; ++i) rt[i] = fused_madd(wl, xl[i], rt[i]);
-        }
-        for (Index i = 0; i < rows; ++i) rt[i] = yt[i] - rt[i];
+    thread_local std::vector<const double*> columns;
+    columns.assign(static_cast<std::size_t>(d + 1), nullptr); // columns[0]: the implicit ones
+    for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+    linear_scores_block(w, columns.data(), true, rows, r, ldr);
+    for (Index c = 0; c < w.cols(); ++c) {
+        const double* yt = data.y.data() + (c % q) * data.y.outerStride() + begin;
+        double* rc = r + c * ldr;
+        for (Index i = 0; i < rows; ++i) rc[i] = yt[i] - rc[i];
     }
 }
 
@@ -314,37 +276,49 @@ void expert_log_densities_block(const Experts& experts,
     // Diagonal factors (and q = 1) need no off-diagonal substitution.
     const bool diagonal = q == 1 || experts.covariance_type == CovarianceType::Diag ||
                           experts.covariance_type == CovarianceType::Spherical;
+    if (experts.kind == ExpertKind::Linear) {
+        // The residuals of a group of experts in one sweep over the inputs (their coefficients
+        // side by side), then each expert's density: all experts when their residuals are kept,
+        // else up to linear_expert_group at a time in the scratch.
+        const Index K = experts.n_experts();
+        const bool keep = scratch.keep != nullptr;
+        const Index group = keep ? K : std::min(K, linear_expert_group);
+        for (Index k0 = 0; k0 < K; k0 += group) {
+            const Index G = std::min(group, K - k0);
+            double* r = keep ? scratch.keep + k0 * q * scratch.keep_ld : scratch.residuals.data();
+            const Index ldr = keep ? scratch.keep_ld : scratch.residuals.outerStride();
+            scratch.stacked.resize(experts.coefficients[0].rows(), G * q);
+            for (Index g = 0; g < G; ++g) scratch.stacked.middleCols(g * q, q) = experts.coefficients[static_cast<std::size_t>(k0 + g)];
+            linear_residuals_block(data, scratch.stacked, begin, rows, r, ldr);
+            for (Index g = 0; g < G; ++g) {
+                const Index k = k0 + g;
+                gaussian_log_density_block(r + g * q * ldr,
+                                           ldr,
+                                           rows,
+                                           q,
+                                           nullptr,
+                                           experts.covariances[static_cast<std::size_t>(k)],
+                                           diagonal,
+                                           out + k * ld,
+                                           scratch.buffer.data(),
+                                           offsets ? offsets[k] : 0.0);
+            }
+        }
+        return;
+    }
+    // Gaussian experts: r = y − μ_k is formed inside the kernel (μ_k, 1×q, is contiguous).
     for (Index k = 0; k < experts.n_experts(); ++k) {
         const auto uk = static_cast<std::size_t>(k);
-        const Matrix& w = experts.coefficients[uk];
-        if (experts.kind == ExpertKind::Gaussian) {
-            // r = y − μ_k is formed inside the kernel (μ_k, 1×q, is contiguous).
-            gaussian_log_density_block(data.y.data() + begin,
-                                       data.y.outerStride(),
-                                       rows,
-                                       q,
-                                       w.data(),
-                                       experts.covariances[uk],
-                                       diagonal,
-                                       out + k * ld,
-                                       scratch.buffer.data(),
-                                       offsets ? offsets[k] : 0.0);
-        } else {
-            const bool keep = scratch.keep != nullptr;
-            double* r = keep ? scratch.keep + k * q * scratch.keep_ld : scratch.residuals.data();
-            const Index ldr = keep ? scratch.keep_ld : scratch.residuals.outerStride();
-            linear_residuals_block(data, w, begin, rows, r, ldr);
-            gaussian_log_density_block(r,
-                                       ldr,
-                                       rows,
-                                       q,
-                                       nullptr,
-                                       experts.covariances[uk],
-                                       diagonal,
-                                       out + k * ld,
-                                       scratch.buffer.data(),
-                                       offsets ? offsets[k] : 0.0);
-        }
+        gaussian_log_density_block(data.y.data() + begin,
+                                   data.y.outerStride(),
+                                   rows,
+                                   q,
+                                   experts.coefficients[uk].data(),
+                                   experts.covariances[uk],
+                                   diagonal,
+                                   out + k * ld,
+                                   scratch.buffer.data(),
+                                   offsets ? offsets[k] : 0.0);
     }
 }
 

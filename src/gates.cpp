@@ -142,10 +142,10 @@ Matrix softmax_log_probabilities(const Matrix& coefficients, const DesignColumns
     const Index n = design.n;
     const Index K = coefficients.cols();
     Matrix out(n, K);
-    std::vector<std::vector<double>> scratch;
+    std::vector<detail::AlignedBuffer> scratch;
     detail::for_each_block(
-        n, scratch, [] { return std::vector<double>(static_cast<std::size_t>(detail::block_rows)); },
-        [&](Index b, std::vector<double>& norm) {
+        n, scratch, [] { return detail::AlignedBuffer(static_cast<std::size_t>(detail::block_rows)); },
+        [&](Index b, detail::AlignedBuffer& norm) {
             const Index begin = detail::block_begin(b);
             const Index rows = detail::block_size(b, n);
             softmax_scores_block(coefficients, design, begin, rows, out.data() + begin, n);
@@ -601,10 +601,10 @@ void evaluate_objectives(const DesignColumns& design, std::vector<Evaluation>& e
     struct Scratch {
         Matrix log_g;                       ///< block_rows × K
         Matrix g;                           ///< block_rows × K (gradient or Hessian)
-        std::vector<double> norm;           ///< block_rows
+        detail::AlignedBuffer norm;         ///< block_rows
         std::vector<const double*> columns; ///< the m design columns of the block
         Matrix t;                           ///< block_rows × K: a tree node's targets
-        std::vector<double> w;              ///< block_rows: a tree node's weights
+        detail::AlignedBuffer w;            ///< block_rows: a tree node's weights
         std::vector<const double*> child;   ///< K: a tree node's child masses
     };
     std::vector<Scratch> scratch;

@@ -202,7 +202,7 @@ void detail::e_step_with_statistics(const Model& model,
         Matrix kept;                        ///< block_rows × (K·q) residuals
         Matrix g;                           ///< block_rows × K gate probabilities
         Matrix h;                           ///< block_rows × K responsibilities (not stored)
-        std::vector<double> block_norm;     ///< block_rows log-normalisers (not stored)
+        AlignedBuffer block_norm;           ///< block_rows log-normalisers (not stored)
         std::vector<const double*> columns; ///< the gate design columns of a block
     };
     std::vector<Scratch> scratch;

@@ -12,6 +12,7 @@
 // order. The summation order depends only on the number of rows and the shapes, never on
 // threads.
 
+#include "aligned_buffer.hpp"
 #include "moekit/types.hpp"
 
 #include <Eigen/Core>
@@ -169,9 +170,9 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
     const Index chunk = std::max<Index>(
         4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
     // Work space per thread, kept between calls (no allocation per block once sized).
-    thread_local std::vector<double> coef;
-    thread_local std::vector<double> sums;
-    thread_local std::vector<double> zeros;
+    thread_local AlignedBuffer coef;
+    thread_local AlignedBuffer sums;
+    thread_local AlignedBuffer zeros;
     thread_local std::vector<std::pair<Index, Index>> entry;
     thread_local std::vector<double*> coef_rows;
     coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
@@ -231,8 +232,8 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
     // Large problems (many weight rows × many products: a softmax gate with dozens of classes
     // and inputs) would otherwise keep tens of MB per thread after the fit.
     constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
-    if (sums.size() > keep_limit) std::vector<double>().swap(sums);
-    if (coef.size() > keep_limit) std::vector<double>().swap(coef);
+    if (sums.size() > keep_limit) AlignedBuffer().swap(sums);
+    if (coef.size() > keep_limit) AlignedBuffer().swap(coef);
 }
 
 /// out[p·m + j] = Σ_i c_p(i) u_j(i) for p < P, j < m, over `rows` rows of the m columns u
@@ -248,9 +249,9 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
     const Index P_padded = (P + PT - 1) / PT * PT;
     const Index chunk = std::max<Index>(
         4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
-    thread_local std::vector<double> coef;
-    thread_local std::vector<double> sums;
-    thread_local std::vector<double> zeros;
+    thread_local AlignedBuffer coef;
+    thread_local AlignedBuffer sums;
+    thread_local AlignedBuffer zeros;
     thread_local std::vector<double*> coef_rows;
     coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
     sums.assign(static_cast<std::size_t>((P * m_padded + max_tile_accumulators) * packet_size), 0.0);
