@@ -140,14 +140,14 @@ void gaussian_log_density_block(const double* y,
 /// Scratch doubles gaussian_log_density_block needs for q targets.
 Index density_scratch_size(Index q);
 
-/// Per-thread work space of the expert kernels, allocated once per call of a blocked
-/// operation (never per block).
 /// Linear experts whose residuals are formed in one sweep when they are not kept.
 inline constexpr Index linear_expert_group = 4;
 
+/// Per-thread work space of the expert kernels, allocated once per call of a blocked
+/// operation (never per block).
 struct ExpertScratch {
     Matrix residuals;                   ///< block_rows × (q · experts per sweep)
-    Matrix stacked;                     ///< the coefficients of a group of linear experts, side by side
+    Matrix stacked;                     ///< a group of linear experts' coefficients, side by side
     std::vector<const double*> columns; ///< column pointers of a block
     AlignedBuffer weights;              ///< block_rows weights w_i h_ik
     AlignedBuffer buffer;               ///< density kernel scratch
@@ -347,12 +347,13 @@ void softmax_objective_block(const double* const* columns,
                              bool hessian,
                              double* slot);
 
-/// Softmax scores z̃_i V of a block: out[i + k·ld] = Σ_j V_jk u_j(i) over the m = V.rows()
-/// design columns u (columns[j], rows <= block_rows); with `intercept` u_0 is the implicit
-/// column of ones (columns[0] is not read) and the sum starts at V_0k. Summed in column order,
-/// one multiply-add each (fused_madd / pmadd): the E-step and the gate's Newton passes get the
-/// same bits.
-void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld);
+/// Linear scores z̃_i V of a block (a softmax gate's scores; the linear experts' fitted means,
+/// linear_residuals_block): out[i + k·ld] = Σ_j V_jk u_j(i) over the m = V.rows() design
+/// columns u (columns[j], rows <= block_rows); with `intercept` u_0 is the implicit column of
+/// ones (columns[0] is not read) and the sum starts at V_0k. Summed in column order, one
+/// multiply-add each (fused_madd / pmadd): the E-step and the gate's Newton passes get the same
+/// bits, whichever columns of V are computed together.
+void linear_scores_block(const ConstMatrixRef& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld);
 
 /// The upper triangles of the softmax gate's Hessian blocks −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
 /// for all pairs 1 <= k <= l < K of a block (rows <= block_rows), written to out[p·m·m ...] in
@@ -436,6 +437,6 @@ void e_step_with_statistics(const Model& model,
 /// r = y − x̃ W (linear experts) for rows [begin, begin + rows) into r (rows × W.cols(),
 /// leading dimension ldr). W may hold several experts' coefficients side by side (p × G·q):
 /// column c is fitted to target c mod q. Each residual has the same bits whatever the grouping.
-void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr);
+void linear_residuals_block(const Dataset& data, const ConstMatrixRef& w, Index begin, Index rows, double* r, Index ldr);
 
 } // namespace moekit::detail

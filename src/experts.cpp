@@ -247,8 +247,9 @@ void reserve_scratch(ExpertScratch& s, const Experts& experts) {
     s.buffer.resize(static_cast<std::size_t>(density_scratch_size(q)));
 }
 
-/// r = y − x̃ W for rows [begin, begin + rows) into `r` (rows×q, leading dimension ldr).
-void linear_residuals_block(const Dataset& data, const Matrix& w, Index begin, Index rows, double* r, Index ldr) {
+/// r = y − x̃ W for rows [begin, begin + rows) into `r` (rows × W.cols(), leading dimension
+/// ldr; column c is fitted to target c mod q).
+void linear_residuals_block(const Dataset& data, const ConstMatrixRef& w, Index begin, Index rows, double* r, Index ldr) {
     // The fitted means x̃ w_c by linear_scores_block (intercept, then the inputs in order, one
     // multiply-add each, up to four columns per sweep over the inputs), then y minus them.
     const Index q = data.y.cols();
@@ -287,9 +288,11 @@ void expert_log_densities_block(const Experts& experts,
             const Index G = std::min(group, K - k0);
             double* r = keep ? scratch.keep + k0 * q * scratch.keep_ld : scratch.residuals.data();
             const Index ldr = keep ? scratch.keep_ld : scratch.residuals.outerStride();
-            scratch.stacked.resize(experts.coefficients[0].rows(), G * q);
-            for (Index g = 0; g < G; ++g) scratch.stacked.middleCols(g * q, q) = experts.coefficients[static_cast<std::size_t>(k0 + g)];
-            linear_residuals_block(data, scratch.stacked, begin, rows, r, ldr);
+            const Index p = experts.coefficients[0].rows();
+            if (scratch.stacked.rows() != p || scratch.stacked.cols() < G * q) scratch.stacked.resize(p, group * q);
+            for (Index g = 0; g < G; ++g)
+                scratch.stacked.middleCols(g * q, q) = experts.coefficients[static_cast<std::size_t>(k0 + g)];
+            linear_residuals_block(data, scratch.stacked.leftCols(G * q), begin, rows, r, ldr);
             for (Index g = 0; g < G; ++g) {
                 const Index k = k0 + g;
                 gaussian_log_density_block(r + g * q * ldr,

@@ -7,6 +7,7 @@
 #include "moekit/log_sum_exp.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -511,8 +512,9 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     };
     auto plain_pass = [&](const Model& m) {
         if (!final_responsibilities) return log_likelihood(m, data);
-        // The storage of a kept h becomes the result's (never two n×K arrays at once).
-        if (keep_h) result.responsibilities.log_resp = std::move(h);
+        // The storage of an h (kept, or formed for the exact second pass) becomes the result's:
+        // never two n×K arrays at once.
+        if (h.size() != 0) result.responsibilities.log_resp = std::move(h);
         e_step(m, data, result.responsibilities);
         return detail::weighted_sum(data.weights, result.responsibilities.log_norm);
     };
@@ -575,10 +577,13 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
         previous_change = last_change;
         last_change = change;
         if (plain) {
-            // Predicted wrongly: the next M-step needs this model's statistics (and h). The
-            // same log-likelihood, to the bit.
-            if (keep_h) h = std::move(result.responsibilities.log_resp);
-            e_step_pass(model);
+            // Predicted wrongly: the next M-step needs this model's statistics (and a kept h).
+            // The result's n×K storage goes back to h (freed at the next iteration when h is
+            // not kept). The same log-likelihood, to the bit.
+            if (result.responsibilities.log_resp.size() != 0) h = std::move(result.responsibilities.log_resp);
+            const double again = e_step_pass(model);
+            assert(again == current);
+            static_cast<void>(again);
         }
     }
     if (final_responsibilities && !final_ready) {
@@ -860,8 +865,11 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         Rng rng(derive_seed(opts.seed, static_cast<std::uint64_t>(r)));
         Model init = (r == 0 && warm_start) ? *warm_start : initialize(data, opts, rng);
         init.top_k = opts.top_k; // fit_hard trains dense and routes top-1 at the end
+        // A single EM start returns its responsibilities from its last E-step; with several
+        // starts no start keeps an n×K array, and the best one's are computed below.
+        const bool single = opts.restarts == 1;
         FitResult candidate = opts.variant == Variant::Hard        ? fit_hard(data, std::move(init), opts, r)
-                              : resolved_method(opts) == FitMethod::EM ? fit_em_impl(data, std::move(init), opts, r, false)
+                              : resolved_method(opts) == FitMethod::EM ? fit_em_impl(data, std::move(init), opts, r, single)
                                                                        : fit_gradient(data, std::move(init), opts, r);
         finals.push_back(candidate.log_likelihood);
         const bool interrupted = candidate.interrupted;
@@ -880,7 +888,8 @@ FitResult fit(const Dataset& data, const FitOptions& options, const Model* warm_
         throw NumericalError("fit: no start reached a finite log-likelihood. Scale the data, increase "
                              "--reg-covar, or use fewer experts.");
     best.restart_log_likelihoods = std::move(finals);
-    best.responsibilities = e_step(best.model, data); // final E-step: fit and predict agree
+    // The final E-step (fit and predict agree), unless the start already holds it (the same bits).
+    if (best.responsibilities.log_resp.rows() != data.n_samples()) best.responsibilities = e_step(best.model, data);
     best.log_likelihood = detail::weighted_sum(data.weights, best.responsibilities.log_norm); // as the trace
     best.n_parameters = n_parameters(best.model);
     best.n_samples = data.weights.sum();

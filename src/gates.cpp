@@ -7,10 +7,10 @@
 #include "moekit/log_sum_exp.hpp"
 
 #include <algorithm>
-#include <type_traits>
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -681,7 +681,7 @@ constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 
 } // namespace
 
-void linear_scores_block(const Matrix& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
+void linear_scores_block(const ConstMatrixRef& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
     // Per sample and class a register sum, one multiply-add per column in column order (pmadd
     // in packets, fused_madd in the tail and beyond 32 columns: the same bits everywhere).
     // Up to four classes per sweep over the rows, so each column packet is loaded once for all

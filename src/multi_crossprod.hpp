@@ -292,6 +292,10 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
             for (Index j = 0; j < m; ++j) out[p * m + j] += ci * columns[j][i];
         }
     }
+    // As in multi_crossprod_block: large problems do not keep tens of MB per thread.
+    constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
+    if (sums.size() > keep_limit) AlignedBuffer().swap(sums);
+    if (coef.size() > keep_limit) AlignedBuffer().swap(coef);
 }
 
 } // namespace moekit::detail

@@ -641,53 +641,119 @@ TEST_CASE("fit_em without kept responsibilities computes them for the exact seco
     }
 }
 
+/// How many times fit_em predicted a stop that did not come, replayed from the trace with
+/// fit_em's rule (at iteration t >= 3 a stop is predicted when the last change c shrank from the
+/// previous one p and c·(c / p) < tol / 2; the change is |L_t − L_{t−1}| / Σ w).
+int wrong_predictions(const FitResult& r, double tol, double total) {
+    int wrong = 0;
+    for (std::size_t t = 3; t < r.trace.size(); ++t) {
+        const double previous = std::abs(r.trace[t - 2] - r.trace[t - 3]) / total;
+        const double last = std::abs(r.trace[t - 1] - r.trace[t - 2]) / total;
+        const double change = std::abs(r.trace[t] - r.trace[t - 1]) / total;
+        const bool predicted = tol > 0.0 && previous > 0.0 && last < previous && last * (last / previous) < 0.5 * tol;
+        if (predicted && change >= tol && t < r.trace.size() - 1) ++wrong;
+    }
+    return wrong;
+}
+
 TEST_CASE("the fit's last E-step is a plain one, with the same bits", "[em]") {
     // The iteration that ends a fit (the max_iter-th, or one predicted to converge) runs a plain
     // E-step into the result instead of the pass that gathers the next M-step's statistics; a
     // wrong prediction is followed by that pass. Neither may change a bit: the trace of a
     // shorter fit is a prefix of a longer one's, a converged fit's trace is that of the fit run
     // for the same number of iterations without tol, and the returned responsibilities and
-    // log-likelihood are e_step's and log_likelihood's of the returned model.
+    // log-likelihood are e_step's and log_likelihood's of the returned model. fit() with one
+    // start returns its start's responsibilities; with several, each start's last E-step is
+    // log_likelihood alone. Wrong predictions must occur both where the loop keeps the
+    // responsibilities (softmax, tree gates) and where it does not (constant gate).
     const moekit::Dataset data = three_regimes(9001);
-    for (const GateKind gate : {GateKind::Constant, GateKind::Softmax, GateKind::Tree}) {
-        for (const ExpertKind expert : {ExpertKind::Linear, ExpertKind::Gaussian}) {
-            INFO("gate " << moekit::to_string(gate) << ", expert " << moekit::to_string(expert));
-            FitOptions options;
-            options.expert = expert;
-            options.gate = gate;
-            if (gate == GateKind::Tree) options.tree = {2, 2};
-            options.n_experts = gate == GateKind::Tree ? 4 : 3;
-            options.tol = 0.0;
-            moekit::Rng rng(5);
-            const Model init = moekit::initialize(data, options, rng);
-            options.max_iter = 12;
-            const FitResult longer = moekit::fit_em(data, init, options);
-            REQUIRE(longer.iterations == 12);
-            auto require_consistent = [&](const FitResult& r) {
-                REQUIRE(r.trace.size() == static_cast<std::size_t>(r.iterations) + 1);
-                for (std::size_t t = 0; t < r.trace.size(); ++t) REQUIRE(r.trace[t] == longer.trace[t]);
-                REQUIRE(r.log_likelihood == r.trace.back());
-                REQUIRE(r.log_likelihood == moekit::log_likelihood(r.model, data));
-                const moekit::Responsibilities e = moekit::e_step(r.model, data);
-                REQUIRE((r.responsibilities.log_resp.array() == e.log_resp.array()).all());
-                REQUIRE((r.responsibilities.log_norm.array() == e.log_norm.array()).all());
-            };
-            for (const int max_iter : {1, 2, 5}) {
-                options.max_iter = max_iter;
-                const FitResult shorter = moekit::fit_em(data, init, options);
-                REQUIRE(shorter.iterations == max_iter);
-                require_consistent(shorter);
-            }
-            // Tolerances from 1e-2 to 1e-8: fits that stop at different iterations, some after a
-            // predicted stop that did not come (the ratio of successive changes varies here).
-            options.max_iter = 12;
-            for (int step = 0; step <= 24; ++step) {
-                const double tol = std::pow(10.0, -2.0 - 0.25 * step);
-                options.tol = tol;
-                const FitResult converged = moekit::fit_em(data, init, options);
-                INFO("tol " << tol << ": " << converged.iterations << " iterations");
-                require_consistent(converged);
-            }
+    const double total = data.weights.sum();
+    int wrong_kept = 0;
+    int wrong_unkept = 0;
+    struct Case {
+        GateKind gate;
+        ExpertKind expert;
+        Index K;
+    };
+    const std::vector<Case> cases = {{GateKind::Constant, ExpertKind::Linear, 3},  {GateKind::Constant, ExpertKind::Gaussian, 3},
+                                     {GateKind::Constant, ExpertKind::Linear, 1},  {GateKind::Softmax, ExpertKind::Linear, 3},
+                                     {GateKind::Softmax, ExpertKind::Gaussian, 3}, {GateKind::Tree, ExpertKind::Linear, 4},
+                                     {GateKind::Tree, ExpertKind::Gaussian, 4}};
+    for (const Case& c : cases) {
+        INFO("gate " << moekit::to_string(c.gate) << ", expert " << moekit::to_string(c.expert) << ", K = " << c.K);
+        FitOptions options;
+        options.expert = c.expert;
+        options.gate = c.gate;
+        if (c.gate == GateKind::Tree) options.tree = {2, 2};
+        options.n_experts = c.K;
+        options.tol = 0.0;
+        moekit::Rng rng(5);
+        const Model init = moekit::initialize(data, options, rng);
+        options.max_iter = 12;
+        const FitResult longer = moekit::fit_em(data, init, options);
+        REQUIRE(longer.iterations == 12);
+        auto require_consistent = [&](const FitResult& r) {
+            REQUIRE(r.trace.size() == static_cast<std::size_t>(r.iterations) + 1);
+            for (std::size_t t = 0; t < r.trace.size(); ++t) REQUIRE(r.trace[t] == longer.trace[t]);
+            REQUIRE(r.log_likelihood == r.trace.back());
+            REQUIRE(r.log_likelihood == moekit::log_likelihood(r.model, data));
+            const moekit::Responsibilities e = moekit::e_step(r.model, data);
+            REQUIRE((r.responsibilities.log_resp.array() == e.log_resp.array()).all());
+            REQUIRE((r.responsibilities.log_norm.array() == e.log_norm.array()).all());
+        };
+        for (const int max_iter : {0, 1, 2, 5}) {
+            options.max_iter = max_iter;
+            const FitResult shorter = moekit::fit_em(data, init, options);
+            REQUIRE(shorter.iterations == max_iter);
+            require_consistent(shorter);
+        }
+        // Tolerances from 1e-2 to 1e-8: fits that stop at different iterations, some after a
+        // predicted stop that did not come (the ratio of successive changes varies here).
+        options.max_iter = 12;
+        for (int step = 0; step <= 24; ++step) {
+            const double tol = std::pow(10.0, -2.0 - 0.25 * step);
+            options.tol = tol;
+            const FitResult converged = moekit::fit_em(data, init, options);
+            INFO("tol " << tol << ": " << converged.iterations << " iterations");
+            require_consistent(converged);
+            (c.gate == GateKind::Constant ? wrong_unkept : wrong_kept) += wrong_predictions(converged, tol, total);
+        }
+        // fit(): one start (its responsibilities are returned) and three (each start's last
+        // E-step is log_likelihood alone; the best one's responsibilities are computed after).
+        options.tol = 1e-6;
+        options.seed = 5;
+        for (const int restarts : {1, 3}) {
+            options.restarts = restarts;
+            const FitResult f = moekit::fit(data, options);
+            const moekit::Responsibilities e = moekit::e_step(f.model, data);
+            REQUIRE((f.responsibilities.log_resp.array() == e.log_resp.array()).all());
+            REQUIRE(f.log_likelihood == moekit::log_likelihood(f.model, data));
+            REQUIRE(f.log_likelihood == f.trace.back());
         }
     }
+    // A constant gate whose EM on these data does not predict wrongly; Old Faithful with three
+    // spherical components from this start does (twice over the tolerances below).
+    const moekit::Dataset geyser = faithful();
+    FitOptions options;
+    options.expert = ExpertKind::Gaussian;
+    options.gate = GateKind::Constant;
+    options.covariance = CovarianceType::Spherical;
+    options.n_experts = 3;
+    options.max_iter = 200;
+    moekit::Rng rng(2);
+    const Model init = moekit::initialize(geyser, options, rng);
+    for (int step = 0; step <= 24; ++step) {
+        options.tol = std::pow(10.0, -2.0 - 0.25 * step);
+        const FitResult converged = moekit::fit_em(geyser, init, options);
+        options.tol = 0.0;
+        options.max_iter = converged.iterations;
+        const FitResult fixed = moekit::fit_em(geyser, init, options);
+        options.max_iter = 200;
+        REQUIRE(converged.trace == fixed.trace);
+        require_identical(converged.model, fixed.model);
+        REQUIRE((converged.responsibilities.log_resp.array() == fixed.responsibilities.log_resp.array()).all());
+        wrong_unkept += wrong_predictions(converged, std::pow(10.0, -2.0 - 0.25 * step), geyser.weights.sum());
+    }
+    REQUIRE(wrong_kept > 0);
+    REQUIRE(wrong_unkept > 0);
 }
