@@ -468,8 +468,8 @@ FitResult fit_em_impl(const Dataset& data, Model init, const FitOptions& options
     // rewritten in place by every E-step, and the n log-normalisers. Kept only for gates whose
     // M-step passes over them (softmax, tree): a constant gate's update comes from the
     // statistics and a hash gate has none (update_gate does not read them), so their loop keeps
-    // no responsibilities (the returned model's are computed once, by the last E-step). A hash gate,
-    // or top-k routing, still forms its n×K gate log-probabilities in every E-step.
+    // no responsibilities (the returned model's are computed once, by the last E-step). Top-k
+    // routing still forms its n×K gate log-probabilities in every E-step.
     const bool keep_h = std::holds_alternative<SoftmaxGate>(model.gate) || std::holds_alternative<TreeGate>(model.gate);
     Matrix h;
     Vector log_norm;

@@ -35,14 +35,15 @@ JointScratch make_joint_scratch(const Model& model) {
     return s;
 }
 
-/// log g_k(z_i) of the whole data for gates without a blocked kernel here (hash gates, sparse
-/// top-k gating); empty for the constant, softmax and tree gates, which are computed block by
-/// block.
+/// log g_k(z_i) of the whole data for sparse top-k gating, which has no blocked kernel here;
+/// empty for the dense gates, which are computed block by block (a hash gate's keys are
+/// checked here, before the blocked pass).
 Matrix unblocked_gate(const Model& model, const Dataset& data) {
-    if (model.top_k == 0 &&
-        (std::holds_alternative<ConstantGate>(model.gate) || std::holds_alternative<SoftmaxGate>(model.gate) ||
-         std::holds_alternative<TreeGate>(model.gate)))
+    if (model.top_k == 0) {
+        if (std::holds_alternative<HashGate>(model.gate) && static_cast<Index>(data.keys.size()) != data.n_samples())
+            return gate_log_probabilities(model, data); // throws the message for missing keys
         return Matrix();
+    }
     return gate_log_probabilities(model, data);
 }
 
@@ -91,9 +92,14 @@ void joint_block(const Model& model,
         detail::tree_gate_log_probabilities_block(*t, data, begin, rows, s.gate.data(), lds, s.tree);
         for (Index k = 0; k < K; ++k)
             Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += Eigen::Map<const Eigen::ArrayXd>(s.gate.data() + k * lds, rows);
-    } else {
-        for (Index k = 0; k < K; ++k)
-            Eigen::Map<Eigen::ArrayXd>(out + k * ld, rows) += gate_log.col(k).segment(begin, rows).array();
+    } else if (const auto* h = std::get_if<HashGate>(&model.gate)) {
+        // log g = 0 at each sample's hashed expert, −∞ elsewhere (gate_log_probabilities), added
+        // as that matrix would be: no n×K array per E-step.
+        constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
+        for (Index i = 0; i < rows; ++i) {
+            const Index e = hash_expert(data.keys[static_cast<std::size_t>(begin + i)], h->n_experts);
+            for (Index k = 0; k < K; ++k) out[i + k * ld] += k == e ? 0.0 : minus_infinity;
+        }
     }
 }
 

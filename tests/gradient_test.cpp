@@ -370,6 +370,11 @@ TEST_CASE("hash routing: experts fitted on their hashed groups", "[gradient][has
     const moekit::FitResult r = moekit::fit(data, o);
     REQUIRE(std::holds_alternative<moekit::HashGate>(r.model.gate));
     REQUIRE(moekit::n_parameters(r.model.gate) == 0);
+    // The E-step adds the gate's 0 / −∞ block by block (no n×K gate matrix): the same bits as
+    // the expert densities plus gate_log_probabilities.
+    const Matrix expected =
+        moekit::expert_log_densities(r.model.experts, data) + moekit::gate_log_probabilities(r.model, data);
+    REQUIRE((moekit::log_joint(r.model, data).array() == expected.array()).all());
     // Each expert is the weighted least-squares line of its own group.
     for (Index k = 0; k < 3; ++k) {
         Matrix a(0, 2);
