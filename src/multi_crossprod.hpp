@@ -151,6 +151,45 @@ inline const DotTileShape& best_dot_shape(Index P, Index m) {
     return *best;
 }
 
+/// Rows per chunk for P weight rows: the chunk's weight rows take at most ~16 KB of L1.
+inline Index chunk_rows(Index P) {
+    return std::max<Index>(4 * packet_size,
+                           std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
+}
+
+/// The per-thread work space of both kernels, kept between calls (no allocation per block once
+/// sized): the P_padded weight rows of a chunk (rows past P stay 0), `sums` packet accumulators
+/// followed by a discard area for the padded rows' tiles, and a chunk of zeros.
+struct Workspace {
+    AlignedBuffer coef;
+    AlignedBuffer sums;
+    AlignedBuffer zeros;
+    std::vector<double*> coef_rows; ///< the P real weight rows
+    double* discard = nullptr;
+
+    void prepare(Index P, Index P_padded, Index chunk, Index sums_count) {
+        coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
+        sums.assign(static_cast<std::size_t>((sums_count + max_tile_accumulators) * packet_size), 0.0);
+        zeros.assign(static_cast<std::size_t>(chunk), 0.0);
+        coef_rows.resize(static_cast<std::size_t>(P));
+        for (Index p = 0; p < P; ++p) coef_rows[static_cast<std::size_t>(p)] = coef.data() + p * chunk;
+        discard = sums.data() + sums_count * packet_size;
+    }
+    /// Large problems (many weight rows × many products: a softmax gate with dozens of classes
+    /// and inputs) would otherwise keep tens of MB per thread after the fit.
+    void trim() {
+        constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
+        if (sums.size() > keep_limit) AlignedBuffer().swap(sums);
+        if (coef.size() > keep_limit) AlignedBuffer().swap(coef);
+    }
+};
+
+/// This thread's work space (the kernels do not nest).
+inline Workspace& workspace() {
+    thread_local Workspace w;
+    return w;
+}
+
 } // namespace multi_crossprod_impl
 
 /// out[p·m·m + j + l·m] = Σ_i c_p(i) u_j(i) u_l(i) for p < P, j <= l < m, over `rows` rows of
@@ -166,25 +205,18 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
     const Index T = shape.entries;
     const Index E_padded = (E + T - 1) / T * T;
     const Index P_padded = (P + PT - 1) / PT * PT;
-    // Chunk rows: the P weight rows of a chunk take at most ~16 KB of L1.
-    const Index chunk = std::max<Index>(
-        4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
-    // Work space per thread, kept between calls (no allocation per block once sized).
-    thread_local AlignedBuffer coef;
-    thread_local AlignedBuffer sums;
-    thread_local AlignedBuffer zeros;
+    const Index chunk = chunk_rows(P);
+    Workspace& w = workspace();
+    w.prepare(P, P_padded, chunk, P * E_padded); // padded weight rows write to w.discard
     thread_local std::vector<std::pair<Index, Index>> entry;
-    thread_local std::vector<double*> coef_rows;
-    coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
-    sums.assign(static_cast<std::size_t>((P * E_padded + max_tile_accumulators) * packet_size), 0.0);
-    zeros.assign(static_cast<std::size_t>(chunk), 0.0);
     entry.clear();
     for (Index l = 0; l < m; ++l)
         for (Index j = 0; j <= l; ++j) entry.emplace_back(j, l); // the upper triangle by columns
-    coef_rows.resize(static_cast<std::size_t>(P));
-    for (Index p = 0; p < P; ++p) coef_rows[static_cast<std::size_t>(p)] = coef.data() + p * chunk;
-    // Padded weight rows stay 0 and write to a discarded accumulator.
-    double* discard = sums.data() + P * E_padded * packet_size;
+    const std::vector<double*>& coef_rows = w.coef_rows;
+    const double* coef = w.coef.data();
+    double* sums = w.sums.data();
+    const double* zeros = w.zeros.data();
+    double* discard = w.discard;
     const Index full_rows = rows / packet_size * packet_size;
     const double* cptr[max_tile_accumulators];
     const double* uj[max_tile_accumulators];
@@ -194,17 +226,17 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
         const Index c = std::min(chunk, full_rows - i0);
         fill(i0, c, coef_rows.data());
         for (Index p0 = 0; p0 < P_padded; p0 += PT) {
-            for (Index p = 0; p < PT; ++p) cptr[p] = coef.data() + (p0 + p) * chunk;
+            for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
             for (Index e0 = 0; e0 < E_padded; e0 += T) {
                 for (Index t = 0; t < T; ++t) {
                     const Index e = e0 + t;
                     const bool real = e < E;
-                    uj[t] = real ? columns[entry[static_cast<std::size_t>(e)].first] + i0 : zeros.data();
-                    ul[t] = real ? columns[entry[static_cast<std::size_t>(e)].second] + i0 : zeros.data();
+                    uj[t] = real ? columns[entry[static_cast<std::size_t>(e)].first] + i0 : zeros;
+                    ul[t] = real ? columns[entry[static_cast<std::size_t>(e)].second] + i0 : zeros;
                 }
                 for (Index p = 0; p < PT; ++p)
                     for (Index t = 0; t < T; ++t)
-                        sptr[p * T + t] = p0 + p < P ? sums.data() + ((p0 + p) * E_padded + e0 + t) * packet_size
+                        sptr[p * T + t] = p0 + p < P ? sums + ((p0 + p) * E_padded + e0 + t) * packet_size
                                                      : discard + (p * T + t) * packet_size;
                 shape.run(cptr, uj, ul, c / packet_size, sptr);
             }
@@ -213,7 +245,7 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
     // Lanes summed in order; then the rows past the last full packet, one by one.
     for (Index p = 0; p < P; ++p)
         for (Index e = 0; e < E; ++e) {
-            const double* lanes = sums.data() + (p * E_padded + e) * packet_size;
+            const double* lanes = sums + (p * E_padded + e) * packet_size;
             double total = 0.0;
             for (Index t = 0; t < packet_size; ++t) total += lanes[t];
             const auto [j, l] = entry[static_cast<std::size_t>(e)];
@@ -229,11 +261,7 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
             }
         }
     }
-    // Large problems (many weight rows × many products: a softmax gate with dozens of classes
-    // and inputs) would otherwise keep tens of MB per thread after the fit.
-    constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
-    if (sums.size() > keep_limit) AlignedBuffer().swap(sums);
-    if (coef.size() > keep_limit) AlignedBuffer().swap(coef);
+    w.trim();
 }
 
 /// out[p·m + j] = Σ_i c_p(i) u_j(i) for p < P, j < m, over `rows` rows of the m columns u
@@ -247,18 +275,14 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
     const Index T = shape.columns;
     const Index m_padded = (m + T - 1) / T * T;
     const Index P_padded = (P + PT - 1) / PT * PT;
-    const Index chunk = std::max<Index>(
-        4 * packet_size, std::min<Index>(512, (2048 / std::max<Index>(P, 1)) / packet_size * packet_size));
-    thread_local AlignedBuffer coef;
-    thread_local AlignedBuffer sums;
-    thread_local AlignedBuffer zeros;
-    thread_local std::vector<double*> coef_rows;
-    coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
-    sums.assign(static_cast<std::size_t>((P * m_padded + max_tile_accumulators) * packet_size), 0.0);
-    zeros.assign(static_cast<std::size_t>(chunk), 0.0);
-    coef_rows.resize(static_cast<std::size_t>(P));
-    for (Index p = 0; p < P; ++p) coef_rows[static_cast<std::size_t>(p)] = coef.data() + p * chunk;
-    double* discard = sums.data() + P * m_padded * packet_size;
+    const Index chunk = chunk_rows(P);
+    Workspace& w = workspace();
+    w.prepare(P, P_padded, chunk, P * m_padded);
+    const std::vector<double*>& coef_rows = w.coef_rows;
+    const double* coef = w.coef.data();
+    double* sums = w.sums.data();
+    const double* zeros = w.zeros.data();
+    double* discard = w.discard;
     const Index full_rows = rows / packet_size * packet_size;
     const double* cptr[max_tile_accumulators];
     const double* u[max_tile_accumulators];
@@ -267,12 +291,12 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
         const Index c = std::min(chunk, full_rows - i0);
         fill(i0, c, coef_rows.data());
         for (Index p0 = 0; p0 < P_padded; p0 += PT) {
-            for (Index p = 0; p < PT; ++p) cptr[p] = coef.data() + (p0 + p) * chunk;
+            for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
             for (Index j0 = 0; j0 < m_padded; j0 += T) {
-                for (Index t = 0; t < T; ++t) u[t] = j0 + t < m ? columns[j0 + t] + i0 : zeros.data();
+                for (Index t = 0; t < T; ++t) u[t] = j0 + t < m ? columns[j0 + t] + i0 : zeros;
                 for (Index p = 0; p < PT; ++p)
                     for (Index t = 0; t < T; ++t)
-                        sptr[p * T + t] = p0 + p < P ? sums.data() + ((p0 + p) * m_padded + j0 + t) * packet_size
+                        sptr[p * T + t] = p0 + p < P ? sums + ((p0 + p) * m_padded + j0 + t) * packet_size
                                                      : discard + (p * T + t) * packet_size;
                 shape.run(cptr, u, c / packet_size, sptr);
             }
@@ -280,7 +304,7 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
     }
     for (Index p = 0; p < P; ++p)
         for (Index j = 0; j < m; ++j) {
-            const double* lanes = sums.data() + (p * m_padded + j) * packet_size;
+            const double* lanes = sums + (p * m_padded + j) * packet_size;
             double total = 0.0;
             for (Index t = 0; t < packet_size; ++t) total += lanes[t];
             out[p * m + j] = total;
@@ -292,10 +316,7 @@ void multi_dot_block(const double* const* columns, Index m, Index rows, Index P,
             for (Index j = 0; j < m; ++j) out[p * m + j] += ci * columns[j][i];
         }
     }
-    // As in multi_crossprod_block: large problems do not keep tens of MB per thread.
-    constexpr std::size_t keep_limit = std::size_t{1} << 19; // doubles (4 MB)
-    if (sums.size() > keep_limit) AlignedBuffer().swap(sums);
-    if (coef.size() > keep_limit) AlignedBuffer().swap(coef);
+    w.trim();
 }
 
 } // namespace moekit::detail
