@@ -18,6 +18,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cstddef>
 #include <utility>
 #include <vector>
 
@@ -71,21 +72,30 @@ inline constexpr TileShape shapes[] = {{6, 4, tile<6, 4>}, {4, 6, tile<4, 6>}, {
 inline constexpr TileShape shapes[] = {{3, 3, tile<3, 3>}, {2, 4, tile<2, 4>}, {1, 7, tile<1, 7>}};
 #endif
 
-/// The shape with the least work for P weight rows and E products: padded FMAs plus the
-/// products recomputed for every tile row (ties: the first listed).
-inline const TileShape& best_shape(Index P, Index E) {
-    const TileShape* best = &shapes[0];
+/// The shape of `list` with the least cost(P padded to its rows, E padded to its entries, the
+/// shape) for P weight rows and E entries (ties: the first listed).
+template <class Shape, std::size_t N, class Cost>
+const Shape& least_cost(const Shape (&list)[N], Index P, Index E, Cost cost) {
+    const Shape* best = &list[0];
     Index best_cost = -1;
-    for (const TileShape& shape : shapes) {
+    for (const Shape& shape : list) {
         const Index p_pad = (P + shape.rows - 1) / shape.rows * shape.rows;
         const Index e_pad = (E + shape.entries - 1) / shape.entries * shape.entries;
-        const Index cost = p_pad * e_pad + (p_pad / shape.rows) * e_pad;
-        if (best_cost < 0 || cost < best_cost) {
+        const Index c = cost(p_pad, e_pad, shape);
+        if (best_cost < 0 || c < best_cost) {
             best = &shape;
-            best_cost = cost;
+            best_cost = c;
         }
     }
     return *best;
+}
+
+/// The shape with the least work for P weight rows and E products: padded FMAs plus the
+/// products recomputed for every tile row.
+inline const TileShape& best_shape(Index P, Index E) {
+    return least_cost(shapes, P, E, [](Index p_pad, Index e_pad, const TileShape& shape) {
+        return p_pad * e_pad + (p_pad / shape.rows) * e_pad;
+    });
 }
 
 inline constexpr int max_tile_accumulators = 32;
@@ -118,7 +128,7 @@ using DotTileFunction = void (*)(const double* const*, const double* const*, Ind
 
 struct DotTileShape {
     int rows;
-    int columns;
+    int entries;
     DotTileFunction run;
 };
 
@@ -135,20 +145,11 @@ inline constexpr DotTileShape dot_shapes[] = {{3, 3, dot_tile<3, 3>}, {2, 4, dot
 #endif
 
 /// The shape with the least work for P weight rows and m columns: padded FMAs plus the loads
-/// of columns (once per tile row) and of weight rows (once per tile column); ties: the first.
+/// of columns (once per tile row) and of weight rows (once per tile column).
 inline const DotTileShape& best_dot_shape(Index P, Index m) {
-    const DotTileShape* best = &dot_shapes[0];
-    Index best_cost = -1;
-    for (const DotTileShape& shape : dot_shapes) {
-        const Index p_pad = (P + shape.rows - 1) / shape.rows * shape.rows;
-        const Index m_pad = (m + shape.columns - 1) / shape.columns * shape.columns;
-        const Index cost = p_pad * m_pad + (p_pad / shape.rows) * m_pad + (m_pad / shape.columns) * p_pad;
-        if (best_cost < 0 || cost < best_cost) {
-            best = &shape;
-            best_cost = cost;
-        }
-    }
-    return *best;
+    return least_cost(dot_shapes, P, m, [](Index p_pad, Index m_pad, const DotTileShape& shape) {
+        return p_pad * m_pad + (p_pad / shape.rows) * m_pad + (m_pad / shape.entries) * p_pad;
+    });
 }
 
 /// Rows per chunk for P weight rows: the chunk's weight rows take at most ~16 KB of L1.
@@ -192,15 +193,23 @@ inline Workspace& workspace() {
 
 } // namespace multi_crossprod_impl
 
-/// out[p·m·m + j + l·m] = Σ_i c_p(i) u_j(i) u_l(i) for p < P, j <= l < m, over `rows` rows of
-/// the m columns u (columns[j]); the strict lower triangles are not written. fill(i0, count,
-/// c) writes the P weight rows for rows [i0, i0 + count) to c[p][0 .. count) (it is called
-/// for chunks of whole packets, then once per remaining row with count 1).
-template <class Fill>
-void multi_crossprod_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out) {
-    using namespace multi_crossprod_impl;
-    const Index E = m * (m + 1) / 2;
-    const TileShape& shape = best_shape(P, E);
+namespace multi_crossprod_impl {
+
+/// The driver of both kernels: totals[p·E + e] = Σ_i c_p(i) a_e(i) b_e(i) (Products) or
+/// Σ_i c_p(i) a_e(i) over `rows` rows, for P weight rows and E entries (a[e], b[e]: column
+/// pointers). Chunks of rows get their weight rows from fill, register tiles accumulate per
+/// SIMD lane across the whole call, the lanes are summed in order, then the rows past the last
+/// full packet are added one by one: each total depends only on its own entry, its weight row
+/// and the row count, never on the tile shape or on threads.
+template <bool Products, class Fill>
+void tiled_sums(const double* const* a, const double* const* b, Index E, Index rows, Index P, Fill fill,
+                double* totals) {
+    const auto& shape = [&]() -> const auto& {
+        if constexpr (Products)
+            return best_shape(P, E);
+        else
+            return best_dot_shape(P, E);
+    }();
     const Index PT = shape.rows;
     const Index T = shape.entries;
     const Index E_padded = (E + T - 1) / T * T;
@@ -208,115 +217,92 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
     const Index chunk = chunk_rows(P);
     Workspace& w = workspace();
     w.prepare(P, P_padded, chunk, P * E_padded); // padded weight rows write to w.discard
-    thread_local std::vector<std::pair<Index, Index>> entry;
-    entry.clear();
-    for (Index l = 0; l < m; ++l)
-        for (Index j = 0; j <= l; ++j) entry.emplace_back(j, l); // the upper triangle by columns
-    const std::vector<double*>& coef_rows = w.coef_rows;
     const double* coef = w.coef.data();
     double* sums = w.sums.data();
     const double* zeros = w.zeros.data();
-    double* discard = w.discard;
     const Index full_rows = rows / packet_size * packet_size;
     const double* cptr[max_tile_accumulators];
-    const double* uj[max_tile_accumulators];
-    const double* ul[max_tile_accumulators];
+    const double* ua[max_tile_accumulators];
+    const double* ub[max_tile_accumulators];
     double* sptr[max_tile_accumulators];
     for (Index i0 = 0; i0 < full_rows; i0 += chunk) {
         const Index c = std::min(chunk, full_rows - i0);
-        fill(i0, c, coef_rows.data());
+        fill(i0, c, w.coef_rows.data());
         for (Index p0 = 0; p0 < P_padded; p0 += PT) {
             for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
             for (Index e0 = 0; e0 < E_padded; e0 += T) {
                 for (Index t = 0; t < T; ++t) {
-                    const Index e = e0 + t;
-                    const bool real = e < E;
-                    uj[t] = real ? columns[entry[static_cast<std::size_t>(e)].first] + i0 : zeros;
-                    ul[t] = real ? columns[entry[static_cast<std::size_t>(e)].second] + i0 : zeros;
+                    const bool real = e0 + t < E;
+                    ua[t] = real ? a[e0 + t] + i0 : zeros;
+                    if constexpr (Products) ub[t] = real ? b[e0 + t] + i0 : zeros;
                 }
                 for (Index p = 0; p < PT; ++p)
                     for (Index t = 0; t < T; ++t)
                         sptr[p * T + t] = p0 + p < P ? sums + ((p0 + p) * E_padded + e0 + t) * packet_size
-                                                     : discard + (p * T + t) * packet_size;
-                shape.run(cptr, uj, ul, c / packet_size, sptr);
+                                                     : w.discard + (p * T + t) * packet_size;
+                if constexpr (Products)
+                    shape.run(cptr, ua, ub, c / packet_size, sptr);
+                else
+                    shape.run(cptr, ua, c / packet_size, sptr);
             }
         }
     }
-    // Lanes summed in order; then the rows past the last full packet, one by one.
     for (Index p = 0; p < P; ++p)
         for (Index e = 0; e < E; ++e) {
             const double* lanes = sums + (p * E_padded + e) * packet_size;
             double total = 0.0;
             for (Index t = 0; t < packet_size; ++t) total += lanes[t];
-            const auto [j, l] = entry[static_cast<std::size_t>(e)];
-            out[p * m * m + j + l * m] = total;
+            totals[p * E + e] = total;
         }
     for (Index i = full_rows; i < rows; ++i) {
-        fill(i, 1, coef_rows.data());
+        fill(i, 1, w.coef_rows.data());
         for (Index p = 0; p < P; ++p) {
-            const double ci = coef_rows[static_cast<std::size_t>(p)][0];
+            const double ci = w.coef_rows[static_cast<std::size_t>(p)][0];
             for (Index e = 0; e < E; ++e) {
-                const auto [j, l] = entry[static_cast<std::size_t>(e)];
-                out[p * m * m + j + l * m] += ci * (columns[j][i] * columns[l][i]);
+                if constexpr (Products)
+                    totals[p * E + e] += ci * (a[e][i] * b[e][i]);
+                else
+                    totals[p * E + e] += ci * a[e][i];
             }
         }
     }
     w.trim();
 }
 
+} // namespace multi_crossprod_impl
+
+/// out[p·m·m + j + l·m] = Σ_i c_p(i) u_j(i) u_l(i) for p < P, j <= l < m, over `rows` rows of
+/// the m columns u (columns[j]); the strict lower triangles are not written. fill(i0, count,
+/// c) writes the P weight rows for rows [i0, i0 + count) to c[p][0 .. count) (it is called
+/// for chunks of whole packets, then once per remaining row with count 1).
+template <class Fill>
+void multi_crossprod_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out) {
+    // The entries: the upper triangle by columns, as pairs of column pointers.
+    thread_local std::vector<const double*> first;
+    thread_local std::vector<const double*> second;
+    thread_local std::vector<double> totals;
+    first.clear();
+    second.clear();
+    for (Index l = 0; l < m; ++l)
+        for (Index j = 0; j <= l; ++j) {
+            first.push_back(columns[j]);
+            second.push_back(columns[l]);
+        }
+    const Index E = m * (m + 1) / 2;
+    totals.resize(static_cast<std::size_t>(P * E));
+    multi_crossprod_impl::tiled_sums<true>(first.data(), second.data(), E, rows, P, fill, totals.data());
+    for (Index p = 0; p < P; ++p) {
+        Index e = 0;
+        for (Index l = 0; l < m; ++l)
+            for (Index j = 0; j <= l; ++j, ++e) out[p * m * m + j + l * m] = totals[static_cast<std::size_t>(p * E + e)];
+    }
+}
+
 /// out[p·m + j] = Σ_i c_p(i) u_j(i) for p < P, j < m, over `rows` rows of the m columns u
-/// (columns[j]); fill as for multi_crossprod_block. The same summation order rules: packet
-/// lanes over the whole call, summed in order, then the rows past the last full packet.
+/// (columns[j]); fill as for multi_crossprod_block, and the same summation order rules.
 template <class Fill>
 void multi_dot_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out) {
-    using namespace multi_crossprod_impl;
-    const DotTileShape& shape = best_dot_shape(P, m);
-    const Index PT = shape.rows;
-    const Index T = shape.columns;
-    const Index m_padded = (m + T - 1) / T * T;
-    const Index P_padded = (P + PT - 1) / PT * PT;
-    const Index chunk = chunk_rows(P);
-    Workspace& w = workspace();
-    w.prepare(P, P_padded, chunk, P * m_padded);
-    const std::vector<double*>& coef_rows = w.coef_rows;
-    const double* coef = w.coef.data();
-    double* sums = w.sums.data();
-    const double* zeros = w.zeros.data();
-    double* discard = w.discard;
-    const Index full_rows = rows / packet_size * packet_size;
-    const double* cptr[max_tile_accumulators];
-    const double* u[max_tile_accumulators];
-    double* sptr[max_tile_accumulators];
-    for (Index i0 = 0; i0 < full_rows; i0 += chunk) {
-        const Index c = std::min(chunk, full_rows - i0);
-        fill(i0, c, coef_rows.data());
-        for (Index p0 = 0; p0 < P_padded; p0 += PT) {
-            for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
-            for (Index j0 = 0; j0 < m_padded; j0 += T) {
-                for (Index t = 0; t < T; ++t) u[t] = j0 + t < m ? columns[j0 + t] + i0 : zeros;
-                for (Index p = 0; p < PT; ++p)
-                    for (Index t = 0; t < T; ++t)
-                        sptr[p * T + t] = p0 + p < P ? sums + ((p0 + p) * m_padded + j0 + t) * packet_size
-                                                     : discard + (p * T + t) * packet_size;
-                shape.run(cptr, u, c / packet_size, sptr);
-            }
-        }
-    }
-    for (Index p = 0; p < P; ++p)
-        for (Index j = 0; j < m; ++j) {
-            const double* lanes = sums + (p * m_padded + j) * packet_size;
-            double total = 0.0;
-            for (Index t = 0; t < packet_size; ++t) total += lanes[t];
-            out[p * m + j] = total;
-        }
-    for (Index i = full_rows; i < rows; ++i) {
-        fill(i, 1, coef_rows.data());
-        for (Index p = 0; p < P; ++p) {
-            const double ci = coef_rows[static_cast<std::size_t>(p)][0];
-            for (Index j = 0; j < m; ++j) out[p * m + j] += ci * columns[j][i];
-        }
-    }
-    w.trim();
+    multi_crossprod_impl::tiled_sums<false>(columns, nullptr, m, rows, P, fill, out);
 }
 
 } // namespace moekit::detail
