@@ -285,6 +285,9 @@ struct StatisticsScratch {
     std::vector<double> gram;           ///< K × p × p: linear experts' X̃ᵀAX̃ of a block
     AlignedBuffer product;              ///< statistics_sub_block: a ∘ r_t
     std::vector<double> dots;           ///< p
+    std::vector<const double*> resp_columns;     ///< K: h_k of a sub-block (one target)
+    std::vector<const double*> residual_columns; ///< K: r_k of a sub-block (one target)
+    std::vector<double*> sums;                   ///< K: column p of each expert's slot
 };
 
 /// m = p + q, the side of an expert's M-step statistics (p = d + 1 design columns for linear

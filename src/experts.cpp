@@ -6,9 +6,11 @@
 #include "moekit/errors.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cmath>
 #include <functional>
+#include <utility>
 
 namespace moekit {
 
@@ -101,6 +103,103 @@ void dot_tile2(const double* w0, const double* w1, const double* const* u, Index
     for (int c = 0; c < C; ++c) {
         result[c] = predux(c0[c]) + t0[c];
         result[C + c] = predux(c1[c]) + t1[c];
+    }
+}
+
+/// The shifted sums of linear experts with one target, for a group of E experts and G input
+/// columns: with a_i = w_i h_ei and ar_i = a_i r_ei for expert e,
+///   *sums[e·A + t] += Σ_i ar_i x_t(i)  (t < G),
+/// and with First also *sums[e·A + G] += Σ_i ar_i (the intercept's) and
+/// *sums[e·A + G + 1] += Σ_i ar_i r_ei (A = G, or G + 2 with First). Per-lane accumulators over
+/// the full packets of rows, their lanes summed once, then the remaining rows in order: each sum
+/// depends only on its own inputs and the row count. One load of w and of each x feeds every
+/// expert of the group.
+template <int E, int G, bool First>
+void shift_sums_sweep(const double* w, const double* const* h, const double* const* r, const double* const* x,
+                      Index rows, double* const* sums) {
+    using namespace Eigen::internal;
+    constexpr int A = G + (First ? 2 : 0);
+    constexpr int slots = A > 0 ? A : 1;
+    Packet acc[E][slots];
+    for (int e = 0; e < E; ++e)
+        for (int t = 0; t < A; ++t) acc[e][t] = pset1<Packet>(0.0);
+    const Index full = rows / packet_size * packet_size;
+    for (Index i = 0; i < full; i += packet_size) {
+        const Packet wv = ploadu<Packet>(w + i);
+        Packet ar[E];
+        Packet rv[E];
+        for (int e = 0; e < E; ++e) {
+            rv[e] = ploadu<Packet>(r[e] + i);
+            ar[e] = pmul(pmul(wv, ploadu<Packet>(h[e] + i)), rv[e]);
+        }
+        for (int t = 0; t < G; ++t) {
+            const Packet xt = ploadu<Packet>(x[t] + i);
+            for (int e = 0; e < E; ++e) acc[e][t] = pmadd(ar[e], xt, acc[e][t]);
+        }
+        if constexpr (First)
+            for (int e = 0; e < E; ++e) {
+                acc[e][G] = padd(acc[e][G], ar[e]);
+                acc[e][G + 1] = pmadd(ar[e], rv[e], acc[e][G + 1]);
+            }
+    }
+    double total[E][slots];
+    for (int e = 0; e < E; ++e)
+        for (int t = 0; t < A; ++t) total[e][t] = predux(acc[e][t]);
+    for (Index i = full; i < rows; ++i)
+        for (int e = 0; e < E; ++e) {
+            const double ar_i = (w[i] * h[e][i]) * r[e][i];
+            for (int t = 0; t < G; ++t) total[e][t] += ar_i * x[t][i];
+            if constexpr (First) {
+                total[e][G] += ar_i;
+                total[e][G + 1] += ar_i * r[e][i];
+            }
+        }
+    for (int e = 0; e < E; ++e)
+        for (int t = 0; t < A; ++t) *sums[e * A + t] += total[e][t];
+}
+
+/// Input columns per sweep: two experts' 2·(G + 2) accumulators, the G inputs and the
+/// experts' weights and residuals fit in 32 vector registers.
+constexpr int shift_sums_columns = 5;
+
+using ShiftSweep = void (*)(const double*, const double* const*, const double* const*, const double* const*, Index,
+                            double* const*);
+
+template <int E, bool First, int... G>
+constexpr std::array<ShiftSweep, sizeof...(G)> shift_sweeps(std::integer_sequence<int, G...>) {
+    return {shift_sums_sweep<E, G, First>...};
+}
+
+/// The sweeps by [experts − 1][first][columns].
+constexpr std::array<ShiftSweep, shift_sums_columns + 1> shift_sweep_table[2][2] = {
+    {shift_sweeps<1, false>(std::make_integer_sequence<int, shift_sums_columns + 1>{}),
+     shift_sweeps<1, true>(std::make_integer_sequence<int, shift_sums_columns + 1>{})},
+    {shift_sweeps<2, false>(std::make_integer_sequence<int, shift_sums_columns + 1>{}),
+     shift_sweeps<2, true>(std::make_integer_sequence<int, shift_sums_columns + 1>{})}};
+
+/// Linear experts with one target, over `rows` rows: out[k][j] += Σ_i a_ik r_ik x̃_j(i) for
+/// j < p = d + 1 (x̃_0 = 1, x̃_j = x[j − 1]) and out[k][p] += Σ_i a_ik r_ik², a_ik = w_i h_ik:
+/// the X̃ᵀ A_k r_k and r_kᵀ A_k r_k of the shifted statistics, two experts per sweep over up to
+/// shift_sums_columns inputs (instead of a sweep per expert and column).
+void linear_shift_sums(const double* w, const double* const* h, const double* const* r, const double* const* x,
+                       Index d, Index K, Index rows, double* const* out) {
+    double* sums[2 * (shift_sums_columns + 2)];
+    for (Index k0 = 0; k0 < K; k0 += 2) {
+        const int E = K - k0 >= 2 ? 2 : 1;
+        for (Index c0 = 0; c0 == 0 || c0 < d; c0 += shift_sums_columns) {
+            const int g = static_cast<int>(std::min<Index>(shift_sums_columns, d - c0));
+            const bool first = c0 == 0;
+            const int A = g + (first ? 2 : 0);
+            for (int e = 0; e < E; ++e) {
+                double* o = out[k0 + e];
+                for (int t = 0; t < g; ++t) sums[e * A + t] = o + 1 + c0 + t;
+                if (first) {
+                    sums[e * A + g] = o;
+                    sums[e * A + g + 1] = o + d + 1;
+                }
+            }
+            shift_sweep_table[E - 1][first ? 1 : 0][static_cast<std::size_t>(g)](w, h + k0, r + k0, x + c0, rows, sums);
+        }
     }
 }
 
@@ -408,6 +507,36 @@ void shifted_statistics_block(ExpertKind kind,
         for (Index k = 0; k < K; ++k)
             for (Index l = 0; l < p; ++l)
                 for (Index j = 0; j <= l; ++j) slot[k * m * m + j + l * m] += s.gram[static_cast<std::size_t>(k * p * p + j + l * p)];
+        if (q == 1) {
+            // One target: B = X̃ᵀ A_k r_k and C = r_kᵀ A_k r_k of all experts in one pass over
+            // each sub-block (linear_shift_sums), the residuals kept by the E-step or computed
+            // here per sub-block.
+            if (!residuals && s.residuals.cols() < K) s.residuals.resize(statistics_sub_block, K);
+            s.resp_columns.resize(static_cast<std::size_t>(K));
+            s.residual_columns.resize(static_cast<std::size_t>(K));
+            s.sums.resize(static_cast<std::size_t>(K));
+            for (Index k = 0; k < K; ++k) s.sums[static_cast<std::size_t>(k)] = slot + k * m * m + p * m;
+            for (Index first = 0; first < b_rows; first += statistics_sub_block) {
+                const Index begin = b_begin + first;
+                const Index rows = std::min(statistics_sub_block, b_rows - first);
+                for (Index l = 0; l < d; ++l)
+                    s.columns[static_cast<std::size_t>(l)] = data.x.data() + l * data.x.outerStride() + begin;
+                for (Index k = 0; k < K; ++k) {
+                    const auto uk = static_cast<std::size_t>(k);
+                    s.resp_columns[uk] = resp.h ? resp.column(k, begin) : ones_column();
+                    if (residuals) {
+                        s.residual_columns[uk] = residuals + k * block_rows + first;
+                    } else {
+                        double* rk = s.residuals.data() + k * s.residuals.outerStride();
+                        residuals_block(kind, data, coefficients[uk], begin, rows, rk, s.residuals.outerStride());
+                        s.residual_columns[uk] = rk;
+                    }
+                }
+                linear_shift_sums(data.weights.data() + begin, s.resp_columns.data(), s.residual_columns.data(),
+                                  s.columns.data(), d, K, rows, s.sums.data());
+            }
+            return;
+        }
         // B = X̃ᵀ A R and C = Rᵀ A R around the current coefficients, by sub-blocks whose
         // residuals stay in L1.
         for (Index first = 0; first < b_rows; first += statistics_sub_block) {

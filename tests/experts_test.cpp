@@ -583,23 +583,25 @@ TEST_CASE("the one-pass M-step matches the naive statistics from near and from f
     // deviations off, or inputs far from the origin, where intercept and slopes cancel) it
     // recomputes the scatter by a second pass. Every way gives the naive weighted least squares
     // and covariance, for every covariance structure. Targets far from the origin (offset 1e3).
+    // One target (its own kernel) and two.
     moekit::Rng rng(31);
     const Index n = 5000; // two sample blocks
     const Index d = 2;
-    const Index q = 2;
     const Index K = 2;
     const Matrix x0 = random_matrix(rng, n, d, 1.0);
-    Matrix noise(n, q);
+    Matrix noise(n, 2);
     for (Index i = 0; i < n; ++i)
-        for (Index t = 0; t < q; ++t) noise(i, t) = moekit::standard_normal(rng);
+        for (Index t = 0; t < 2; ++t) noise(i, t) = moekit::standard_normal(rng);
     const Matrix resp = random_resp(rng, n, K);
+    for (const Index q : {1, 2})
     for (const double x_offset : {0.0, 1e3}) {
         const Matrix x = x0.array() + x_offset;
-        Matrix y(n, q);
+        Matrix y2(n, 2);
         for (Index i = 0; i < n; ++i) {
-            y(i, 0) = 1e3 + 2.0 * x0(i, 0) + noise(i, 0);
-            y(i, 1) = -1e3 - x0(i, 1) + 0.5 * noise(i, 1) + 0.3 * y(i, 0);
+            y2(i, 0) = 1e3 + 2.0 * x0(i, 0) + noise(i, 0);
+            y2(i, 1) = -1e3 - x0(i, 1) + 0.5 * noise(i, 1) + 0.3 * y2(i, 0);
         }
+        const Matrix y = y2.leftCols(q);
         Matrix design(n, d + 1);
         design.col(0).setOnes();
         design.rightCols(d) = x;
@@ -623,7 +625,7 @@ TEST_CASE("the one-pass M-step matches the naive statistics from near and from f
             for (const CovarianceType type :
                  {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
                 for (const double offset : {0.3, 1e4}) { // near: one pass; far: the second pass
-                    INFO("x offset " << x_offset << ", kind " << moekit::to_string(kind) << ", covariance "
+                    INFO("q = " << q << ", x offset " << x_offset << ", kind " << moekit::to_string(kind) << ", covariance "
                                      << moekit::to_string(type) << ", coefficient offset " << offset);
                     Experts e = make_experts(kind, type, K, d, q);
                     for (Index k = 0; k < K; ++k) {
@@ -654,12 +656,14 @@ TEST_CASE("linear experts' M-step equals naive weighted least squares for many e
     // The design part X̃ᵀ diag(w h_k) X̃ of every expert comes from one register-tiled sweep over
     // the block (all experts at once, padded tiles, a scalar tail): naive weighted least
     // squares and residual covariances per expert, over three sample blocks (the last partial).
+    // With one target, X̃ᵀ A_k r_k and r_kᵀ A_k r_k come from sweeps over two experts and up to
+    // five inputs at a time: d = 5, 6, 12 end a group exactly, one past, and mid-way.
     moekit::Rng rng(91);
     const Index n = 9001;
-    for (const Index d : {1, 5, 9}) {
-        for (const Index K : {1, 3, 7}) {
-            INFO("d = " << d << ", K = " << K);
-            const Index q = 2;
+    for (const Index q : {1, 2})
+    for (const Index d : {1, 5, 6, 9, 12}) {
+        for (const Index K : {1, 2, 3, 7}) {
+            INFO("q = " << q << ", d = " << d << ", K = " << K);
             const Matrix x = random_matrix(rng, n, d, 1.0);
             Matrix y(n, q);
             for (Index i = 0; i < n; ++i)
