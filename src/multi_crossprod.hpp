@@ -18,6 +18,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <utility>
 #include <vector>
@@ -57,31 +58,45 @@ void tile(const double* const* c, const double* const* uj, const double* const* 
 
 using TileFunction = void (*)(const double* const*, const double* const*, const double* const*, Index, double* const*);
 
-/// A register tile shape: PT weight rows × T products, PT·T + T + 1 vector registers.
+/// Up to 15 entries per tile (the widest shape below has 14).
+inline constexpr int max_tile_entries = 15;
+
+/// tile<PT, 1> ... tile<PT, T>, by entries − 1: a row of tiles ends with a narrower tile for
+/// the entries left, instead of padding them.
+template <int PT, int... T>
+constexpr std::array<TileFunction, max_tile_entries> tile_widths(std::integer_sequence<int, T...>) {
+    return {tile<PT, T + 1>...};
+}
+
+/// A register tile shape: PT weight rows × T products, PT·T + T + 1 vector registers;
+/// narrower[t − 1] is the tile of PT rows × t products.
 struct TileShape {
     int rows;
     int entries;
-    TileFunction run;
+    std::array<TileFunction, max_tile_entries> narrower;
 };
+
+template <int PT, int T> constexpr TileShape make_shape() {
+    return {PT, T, tile_widths<PT>(std::make_integer_sequence<int, T>{})};
+}
 
 /// The shapes that fit the register file: 32 vector registers with AVX-512, 16 otherwise.
 #ifdef __AVX512F__
-inline constexpr TileShape shapes[] = {{6, 4, tile<6, 4>}, {4, 6, tile<4, 6>}, {3, 7, tile<3, 7>},
-                                       {2, 9, tile<2, 9>}, {1, 14, tile<1, 14>}, {5, 5, tile<5, 5>}};
+inline constexpr TileShape shapes[] = {make_shape<6, 4>(), make_shape<4, 6>(), make_shape<3, 7>(),
+                                       make_shape<2, 9>(), make_shape<1, 14>(), make_shape<5, 5>()};
 #else
-inline constexpr TileShape shapes[] = {{3, 3, tile<3, 3>}, {2, 4, tile<2, 4>}, {1, 7, tile<1, 7>}};
+inline constexpr TileShape shapes[] = {make_shape<3, 3>(), make_shape<2, 4>(), make_shape<1, 7>()};
 #endif
 
-/// The shape of `list` with the least cost(P padded to its rows, E padded to its entries, the
-/// shape) for P weight rows and E entries (ties: the first listed).
+/// The shape of `list` with the least cost(P padded to its rows, the shape) for P weight rows
+/// (ties: the first listed).
 template <class Shape, std::size_t N, class Cost>
-const Shape& least_cost(const Shape (&list)[N], Index P, Index E, Cost cost) {
+const Shape& least_cost(const Shape (&list)[N], Index P, Cost cost) {
     const Shape* best = &list[0];
     Index best_cost = -1;
     for (const Shape& shape : list) {
         const Index p_pad = (P + shape.rows - 1) / shape.rows * shape.rows;
-        const Index e_pad = (E + shape.entries - 1) / shape.entries * shape.entries;
-        const Index c = cost(p_pad, e_pad, shape);
+        const Index c = cost(p_pad, shape);
         if (best_cost < 0 || c < best_cost) {
             best = &shape;
             best_cost = c;
@@ -90,11 +105,12 @@ const Shape& least_cost(const Shape (&list)[N], Index P, Index E, Cost cost) {
     return *best;
 }
 
-/// The shape with the least work for P weight rows and E products: padded FMAs plus the
-/// products recomputed for every tile row.
+/// The shape with the least work for P weight rows and E products: FMAs (weight rows padded
+/// to the shape's; the entries are not, the last tile of a row is narrower) plus the products
+/// recomputed for every tile row.
 inline const TileShape& best_shape(Index P, Index E) {
-    return least_cost(shapes, P, E, [](Index p_pad, Index e_pad, const TileShape& shape) {
-        return p_pad * e_pad + (p_pad / shape.rows) * e_pad;
+    return least_cost(shapes, P, [E](Index p_pad, const TileShape& shape) {
+        return p_pad * E + (p_pad / shape.rows) * E;
     });
 }
 
@@ -126,29 +142,41 @@ void dot_tile(const double* const* c, const double* const* u, Index packets, dou
 
 using DotTileFunction = void (*)(const double* const*, const double* const*, Index, double* const*);
 
+/// dot_tile<PT, 1> ... dot_tile<PT, T>, by columns − 1 (as tile_widths).
+template <int PT, int... T>
+constexpr std::array<DotTileFunction, max_tile_entries> dot_tile_widths(std::integer_sequence<int, T...>) {
+    return {dot_tile<PT, T + 1>...};
+}
+
+/// PT weight rows × T columns; narrower[t − 1]: PT rows × t columns.
 struct DotTileShape {
     int rows;
     int entries;
-    DotTileFunction run;
+    std::array<DotTileFunction, max_tile_entries> narrower;
 };
+
+template <int PT, int T> constexpr DotTileShape make_dot_shape() {
+    return {PT, T, dot_tile_widths<PT>(std::make_integer_sequence<int, T>{})};
+}
 
 /// PT·T + T + 1 vector registers at most: 32 with AVX-512, 16 otherwise.
 #ifdef __AVX512F__
-inline constexpr DotTileShape dot_shapes[] = {{4, 6, dot_tile<4, 6>}, {3, 6, dot_tile<3, 6>}, {2, 6, dot_tile<2, 6>},
-                                              {1, 6, dot_tile<1, 6>}, {6, 4, dot_tile<6, 4>}, {5, 5, dot_tile<5, 5>},
-                                              {3, 7, dot_tile<3, 7>}, {2, 10, dot_tile<2, 10>}, {1, 15, dot_tile<1, 15>},
-                                              {4, 4, dot_tile<4, 4>}, {4, 5, dot_tile<4, 5>}, {6, 3, dot_tile<6, 3>}};
+inline constexpr DotTileShape dot_shapes[] = {
+    make_dot_shape<4, 6>(), make_dot_shape<3, 6>(), make_dot_shape<2, 6>(),  make_dot_shape<1, 6>(),
+    make_dot_shape<6, 4>(), make_dot_shape<5, 5>(), make_dot_shape<3, 7>(),  make_dot_shape<2, 10>(),
+    make_dot_shape<1, 15>(), make_dot_shape<4, 4>(), make_dot_shape<4, 5>(), make_dot_shape<6, 3>()};
 #else
-inline constexpr DotTileShape dot_shapes[] = {{3, 3, dot_tile<3, 3>}, {2, 4, dot_tile<2, 4>}, {2, 5, dot_tile<2, 5>},
-                                              {1, 7, dot_tile<1, 7>}, {4, 2, dot_tile<4, 2>}, {2, 3, dot_tile<2, 3>},
-                                              {1, 3, dot_tile<1, 3>}};
+inline constexpr DotTileShape dot_shapes[] = {make_dot_shape<3, 3>(), make_dot_shape<2, 4>(), make_dot_shape<2, 5>(),
+                                              make_dot_shape<1, 7>(), make_dot_shape<4, 2>(), make_dot_shape<2, 3>(),
+                                              make_dot_shape<1, 3>()};
 #endif
 
-/// The shape with the least work for P weight rows and m columns: padded FMAs plus the loads
-/// of columns (once per tile row) and of weight rows (once per tile column).
+/// The shape with the least work for P weight rows and m columns: FMAs (weight rows padded, the
+/// last tile of a row narrower) plus the loads of columns (once per tile row) and of weight
+/// rows (once per tile).
 inline const DotTileShape& best_dot_shape(Index P, Index m) {
-    return least_cost(dot_shapes, P, m, [](Index p_pad, Index m_pad, const DotTileShape& shape) {
-        return p_pad * m_pad + (p_pad / shape.rows) * m_pad + (m_pad / shape.entries) * p_pad;
+    return least_cost(dot_shapes, P, [m](Index p_pad, const DotTileShape& shape) {
+        return p_pad * m + (p_pad / shape.rows) * m + (m + shape.entries - 1) / shape.entries * p_pad;
     });
 }
 
@@ -160,18 +188,16 @@ inline Index chunk_rows(Index P) {
 
 /// The per-thread work space of both kernels, kept between calls (no allocation per block once
 /// sized): the P_padded weight rows of a chunk (rows past P stay 0), `sums` packet accumulators
-/// followed by a discard area for the padded rows' tiles, and a chunk of zeros.
+/// followed by a discard area for the padded rows' tiles.
 struct Workspace {
     AlignedBuffer coef;
     AlignedBuffer sums;
-    AlignedBuffer zeros;
     std::vector<double*> coef_rows; ///< the P real weight rows
     double* discard = nullptr;
 
     void prepare(Index P, Index P_padded, Index chunk, Index sums_count) {
         coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
         sums.assign(static_cast<std::size_t>((sums_count + max_tile_accumulators) * packet_size), 0.0);
-        zeros.assign(static_cast<std::size_t>(chunk), 0.0);
         coef_rows.resize(static_cast<std::size_t>(P));
         for (Index p = 0; p < P; ++p) coef_rows[static_cast<std::size_t>(p)] = coef.data() + p * chunk;
         discard = sums.data() + sums_count * packet_size;
@@ -212,14 +238,12 @@ void tiled_sums(const double* const* a, const double* const* b, Index E, Index r
     }();
     const Index PT = shape.rows;
     const Index T = shape.entries;
-    const Index E_padded = (E + T - 1) / T * T;
     const Index P_padded = (P + PT - 1) / PT * PT;
     const Index chunk = chunk_rows(P);
     Workspace& w = workspace();
-    w.prepare(P, P_padded, chunk, P * E_padded); // padded weight rows write to w.discard
+    w.prepare(P, P_padded, chunk, P * E); // padded weight rows write to w.discard
     const double* coef = w.coef.data();
     double* sums = w.sums.data();
-    const double* zeros = w.zeros.data();
     const Index full_rows = rows / packet_size * packet_size;
     const double* cptr[max_tile_accumulators];
     const double* ua[max_tile_accumulators];
@@ -230,26 +254,27 @@ void tiled_sums(const double* const* a, const double* const* b, Index E, Index r
         fill(i0, c, w.coef_rows.data());
         for (Index p0 = 0; p0 < P_padded; p0 += PT) {
             for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
-            for (Index e0 = 0; e0 < E_padded; e0 += T) {
-                for (Index t = 0; t < T; ++t) {
-                    const bool real = e0 + t < E;
-                    ua[t] = real ? a[e0 + t] + i0 : zeros;
-                    if constexpr (Products) ub[t] = real ? b[e0 + t] + i0 : zeros;
+            for (Index e0 = 0; e0 < E; e0 += T) {
+                const Index width = std::min(T, E - e0); // the last tile of the row: the entries left
+                for (Index t = 0; t < width; ++t) {
+                    ua[t] = a[e0 + t] + i0;
+                    if constexpr (Products) ub[t] = b[e0 + t] + i0;
                 }
                 for (Index p = 0; p < PT; ++p)
-                    for (Index t = 0; t < T; ++t)
-                        sptr[p * T + t] = p0 + p < P ? sums + ((p0 + p) * E_padded + e0 + t) * packet_size
-                                                     : w.discard + (p * T + t) * packet_size;
+                    for (Index t = 0; t < width; ++t)
+                        sptr[p * width + t] = p0 + p < P ? sums + ((p0 + p) * E + e0 + t) * packet_size
+                                                         : w.discard + (p * width + t) * packet_size;
+                const auto run = shape.narrower[static_cast<std::size_t>(width - 1)];
                 if constexpr (Products)
-                    shape.run(cptr, ua, ub, c / packet_size, sptr);
+                    run(cptr, ua, ub, c / packet_size, sptr);
                 else
-                    shape.run(cptr, ua, c / packet_size, sptr);
+                    run(cptr, ua, c / packet_size, sptr);
             }
         }
     }
     for (Index p = 0; p < P; ++p)
         for (Index e = 0; e < E; ++e) {
-            const double* lanes = sums + (p * E_padded + e) * packet_size;
+            const double* lanes = sums + (p * E + e) * packet_size;
             double total = 0.0;
             for (Index t = 0; t < packet_size; ++t) total += lanes[t];
             totals[p * E + e] = total;
