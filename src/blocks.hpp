@@ -140,6 +140,9 @@ void gaussian_log_density_block(const double* y,
 /// Scratch doubles gaussian_log_density_block needs for q targets.
 Index density_scratch_size(Index q);
 
+/// The constant of gaussian_log_density_block: offset − ½(q log 2π + log|Σ|).
+double log_density_constant(const CovarianceFactor& factor, Index q, double offset);
+
 /// Linear experts whose residuals are formed in one sweep when they are not kept.
 inline constexpr Index linear_expert_group = 4;
 

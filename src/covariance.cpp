@@ -282,8 +282,7 @@ void gaussian_log_density_block(const double* y,
                                 double* out,
                                 double* scratch,
                                 double offset) {
-    const double log_two_pi = 2.0 * boost::math::constants::log_root_two_pi<double>();
-    const double c = offset - 0.5 * (static_cast<double>(q) * log_two_pi + factor.log_det);
+    const double c = log_density_constant(factor, q, offset);
     // Scratch layout: 1/L_jj (q), −L row by row (q²), padded tail (q × widest chunk), z (q ×
     // widest chunk, aligned to a packet).
     double* inv_diag = scratch;
@@ -308,6 +307,11 @@ void gaussian_log_density_block(const double* y,
     } else {
         multi_rows(a);
     }
+}
+
+double log_density_constant(const CovarianceFactor& factor, Index q, double offset) {
+    const double log_two_pi = 2.0 * boost::math::constants::log_root_two_pi<double>();
+    return offset - 0.5 * (static_cast<double>(q) * log_two_pi + factor.log_det);
 }
 
 Index density_scratch_size(Index q) {

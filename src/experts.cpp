@@ -2,6 +2,7 @@
 
 #include "blocks.hpp"
 #include "detail.hpp"
+#include "linear_scores.hpp"
 #include "multi_crossprod.hpp"
 #include "moekit/errors.hpp"
 
@@ -356,13 +357,80 @@ void linear_residuals_block(const Dataset& data, const ConstMatrixRef& w, Index 
     thread_local std::vector<const double*> columns;
     columns.assign(static_cast<std::size_t>(d + 1), nullptr); // columns[0]: the implicit ones
     for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
-    linear_scores_block(w, columns.data(), true, rows, r, ldr);
-    for (Index c = 0; c < w.cols(); ++c) {
-        const double* yt = data.y.data() + (c % q) * data.y.outerStride() + begin;
-        double* rc = r + c * ldr;
-        for (Index i = 0; i < rows; ++i) rc[i] = yt[i] - rc[i];
+    auto target = [&](Index c) { return data.y.data() + (c % q) * data.y.outerStride() + begin; };
+    if (d > linear_scores_max_columns) {
+        linear_scores_block(w, columns.data(), true, rows, r, ldr);
+        for (Index c = 0; c < w.cols(); ++c) {
+            const double* yt = target(c);
+            double* rc = r + c * ldr;
+            for (Index i = 0; i < rows; ++i) rc[i] = yt[i] - rc[i];
+        }
+        return;
     }
+    // y − x̃ w_c while the fitted mean is in a register.
+    using namespace Eigen::internal;
+    linear_scores_sweep(
+        w, columns.data(), true, rows,
+        [&](Index c, Index i, Packet a) { pstoreu(r + c * ldr + i, psub(ploadu<Packet>(target(c) + i), a)); },
+        [&](Index c, Index i, double a) { r[c * ldr + i] = target(c)[i] - a; });
 }
+
+namespace {
+
+/// Experts per call of linear_log_densities_one_target (their constants on the stack).
+constexpr Index linear_fused_experts = 64;
+
+/// Linear experts with one target, the G = w.cols() experts k0 .. k0 + G − 1 (their
+/// coefficients the columns of w): r_g = y − x̃ w_g into r (leading dimension ldr) and
+/// out[i + (k0 + g)·ld] = c_g − ½ (r_g(i) / L_g)², the residuals of linear_residuals_block and
+/// the log densities of gaussian_log_density_block (q = 1) with their arithmetic, computed
+/// while each fitted mean is in a register instead of in two more passes over the block.
+void linear_log_densities_one_target(const Experts& experts,
+                                     const Dataset& data,
+                                     const ConstMatrixRef& w,
+                                     Index k0,
+                                     Index begin,
+                                     Index rows,
+                                     double* r,
+                                     Index ldr,
+                                     double* out,
+                                     Index ld,
+                                     const double* offsets) {
+    using namespace Eigen::internal;
+    const Index d = w.rows() - 1;
+    const Index G = w.cols();
+    thread_local std::vector<const double*> columns;
+    columns.assign(static_cast<std::size_t>(d + 1), nullptr); // columns[0]: the implicit ones
+    for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+    assert(G <= linear_fused_experts);
+    double inv[linear_fused_experts];
+    double c[linear_fused_experts];
+    for (Index g = 0; g < G; ++g) {
+        const CovarianceFactor& f = experts.covariances[static_cast<std::size_t>(k0 + g)];
+        inv[g] = 1.0 / f.lower(0, 0);
+        c[g] = log_density_constant(f, 1, offsets ? offsets[k0 + g] : 0.0);
+    }
+    const double* y = data.y.data() + begin;
+    const Packet zero = pset1<Packet>(0.0);
+    const Packet half = pset1<Packet>(-0.5);
+    linear_scores_sweep(
+        w, columns.data(), true, rows,
+        [&](Index g, Index i, Packet a) {
+            const Packet rg = psub(ploadu<Packet>(y + i), a);
+            pstoreu(r + g * ldr + i, rg);
+            // gaussian_log_density_block's diagonal form: z = (r − 0)/L, z·z + 0, −½·that + c.
+            const Packet z = pmul(psub(rg, zero), pset1<Packet>(inv[g]));
+            pstoreu(out + (k0 + g) * ld + i, pmadd(half, pmadd(z, z, zero), pset1<Packet>(c[g])));
+        },
+        [&](Index g, Index i, double a) {
+            const double rg = y[i] - a;
+            r[g * ldr + i] = rg;
+            const double z = (rg - 0.0) * inv[g];
+            out[(k0 + g) * ld + i] = fused_madd(-0.5, fused_madd(z, z, 0.0), c[g]);
+        });
+}
+
+} // namespace
 
 void expert_log_densities_block(const Experts& experts,
                                 const Dataset& data,
@@ -391,6 +459,11 @@ void expert_log_densities_block(const Experts& experts,
             if (scratch.stacked.rows() != p || scratch.stacked.cols() < G * q) scratch.stacked.resize(p, group * q);
             for (Index g = 0; g < G; ++g)
                 scratch.stacked.middleCols(g * q, q) = experts.coefficients[static_cast<std::size_t>(k0 + g)];
+            if (q == 1 && p - 1 <= linear_scores_max_columns && G <= linear_fused_experts) {
+                linear_log_densities_one_target(experts, data, scratch.stacked.leftCols(G), k0, begin, rows, r, ldr,
+                                                out, ld, offsets);
+                continue;
+            }
             linear_residuals_block(data, scratch.stacked.leftCols(G * q), begin, rows, r, ldr);
             for (Index g = 0; g < G; ++g) {
                 const Index k = k0 + g;

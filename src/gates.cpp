@@ -1,6 +1,7 @@
 #include "moekit/gates.hpp"
 
 #include "blocks.hpp"
+#include "linear_scores.hpp"
 #include "detail.hpp"
 #include "multi_crossprod.hpp"
 #include "moekit/errors.hpp"
@@ -682,18 +683,13 @@ constexpr Index packet_size = Eigen::internal::packet_traits<double>::size;
 } // namespace
 
 void linear_scores_block(const ConstMatrixRef& v, const double* const* columns, bool intercept, Index rows, double* out, Index ld) {
-    // Per sample and class a register sum, one multiply-add per column in column order (pmadd
-    // in packets, fused_madd in the tail and beyond 32 columns: the same bits everywhere).
-    // Up to four classes per sweep over the rows, so each column packet is loaded once for all
-    // of them; the coefficients are read from memory as broadcasts.
+    // Per sample and class a register sum (linear_scores_sweep), stored; beyond its column
+    // limit column by column through memory, with the same multiply-adds in the same order.
     using namespace Eigen::internal;
     const Index m = v.rows();
     const Index first = intercept ? 1 : 0;
-    const Index K = v.cols();
-    constexpr Index max_columns = 32;
-    constexpr Index classes_per_sweep = 4;
-    if (m - first > max_columns) {
-        for (Index k = 0; k < K; ++k) {
+    if (m - first > linear_scores_max_columns) {
+        for (Index k = 0; k < v.cols(); ++k) {
             double* sk = out + k * ld;
             std::fill(sk, sk + rows, intercept ? v(0, k) : 0.0);
             for (Index j = first; j < m; ++j) {
@@ -704,50 +700,9 @@ void linear_scores_block(const ConstMatrixRef& v, const double* const* columns, 
         }
         return;
     }
-    for (Index k0 = 0; k0 < K; k0 += classes_per_sweep) {
-        const Index kc = std::min(classes_per_sweep, K - k0);
-        double coef[max_columns * classes_per_sweep]; // coef[(j − first)·4 + c]
-        double start[classes_per_sweep];
-        for (Index c = 0; c < kc; ++c) {
-            start[c] = intercept ? v(0, k0 + c) : 0.0;
-            for (Index j = first; j < m; ++j) coef[(j - first) * classes_per_sweep + c] = v(j, k0 + c);
-        }
-        auto sweep = [&](auto classes) {
-            constexpr Index C = decltype(classes)::value;
-            Index i = 0;
-            for (; i + 2 * packet_size <= rows; i += 2 * packet_size) {
-                Packet a0[C];
-                Packet a1[C];
-                for (Index c = 0; c < C; ++c) a0[c] = a1[c] = pset1<Packet>(start[c]);
-                for (Index j = first; j < m; ++j) {
-                    const Packet d0 = ploadu<Packet>(columns[j] + i);
-                    const Packet d1 = ploadu<Packet>(columns[j] + i + packet_size);
-                    const double* cj = coef + (j - first) * classes_per_sweep;
-                    for (Index c = 0; c < C; ++c) {
-                        const Packet vc = pset1<Packet>(cj[c]);
-                        a0[c] = pmadd(vc, d0, a0[c]);
-                        a1[c] = pmadd(vc, d1, a1[c]);
-                    }
-                }
-                for (Index c = 0; c < C; ++c) {
-                    pstoreu(out + (k0 + c) * ld + i, a0[c]);
-                    pstoreu(out + (k0 + c) * ld + i + packet_size, a1[c]);
-                }
-            }
-            for (; i < rows; ++i)
-                for (Index c = 0; c < C; ++c) {
-                    double a = start[c];
-                    for (Index j = first; j < m; ++j) a = fused_madd(coef[(j - first) * classes_per_sweep + c], columns[j][i], a);
-                    out[(k0 + c) * ld + i] = a;
-                }
-        };
-        switch (kc) {
-        case 1: sweep(std::integral_constant<Index, 1>{}); break;
-        case 2: sweep(std::integral_constant<Index, 2>{}); break;
-        case 3: sweep(std::integral_constant<Index, 3>{}); break;
-        default: sweep(std::integral_constant<Index, 4>{}); break;
-        }
-    }
+    linear_scores_sweep(
+        v, columns, intercept, rows, [&](Index k, Index i, Packet a) { pstoreu(out + k * ld + i, a); },
+        [&](Index k, Index i, double a) { out[k * ld + i] = a; });
 }
 
 void softmax_hessian_block(const double* const* columns,

@@ -476,6 +476,36 @@ TEST_CASE("expert_log_densities matches per-sample naive densities", "[experts]"
         for (Index i = 0; i < 8; ++i)
             REQUIRE(mean1(i, 0) == Approx(-1.0 + 0.5 * x(i, 0)).epsilon(1e-15).margin(1e-15));
     }
+    SECTION("linear experts, q = 1: many experts and inputs, two blocks and a tail") {
+        // Residual and density in the register of the fitted mean, four experts per sweep; more
+        // than 32 inputs go through memory. Against long-double sums per sample.
+        const Index n = 4096 + 37;
+        for (const Index d : {0, 3, 33}) {
+            for (const Index K : {1, 3, 5, 9}) {
+                INFO("d = " << d << ", K = " << K);
+                Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, K, d, 1);
+                for (Index k = 0; k < K; ++k) {
+                    e.coefficients[k] = random_matrix(rng, d + 1, 1, 1.0);
+                    e.covariances[k] = factor(Matrix::Constant(1, 1, 0.1 + moekit::uniform01(rng)));
+                }
+                const Matrix x = random_matrix(rng, n, d, 1.0);
+                const Matrix y = random_matrix(rng, n, 1, 3.0);
+                const moekit::Dataset data = moekit::make_dataset(y, x);
+                const Matrix logp = moekit::expert_log_densities(e, data);
+                for (Index i = 0; i < n; i += 7)
+                    for (Index k = 0; k < K; ++k) {
+                        long double mean = e.coefficients[k](0, 0);
+                        for (Index l = 0; l < d; ++l)
+                            mean += static_cast<long double>(e.coefficients[k](l + 1, 0)) * x(i, l);
+                        const long double r = y(i, 0) - mean;
+                        const long double var = e.covariances[k].covariance(0, 0);
+                        const long double expected =
+                            -0.5L * std::log(2.0L * std::numbers::pi_v<long double> * var) - 0.5L * r * r / var;
+                        REQUIRE(logp(i, k) == Approx(static_cast<double>(expected)).epsilon(1e-12).margin(1e-12));
+                    }
+            }
+        }
+    }
 }
 
 TEST_CASE("Gaussian experts ignore x: their design is a column of ones", "[experts]") {
