@@ -339,6 +339,51 @@ void log_plus(const double* m, const double* s, Index rows, double* out) {
     for (; i < rows; ++i) out[i] = m[i] + log_core(s[i]);
 }
 
+/// softmax_block's clean-block path for C columns (row_max held), on pairs of registers of
+/// rows: s = Σ_k exp(a_k − m) into s and the probabilities e_k / s (into prob, or over a when
+/// prob is null), the C exponentials kept in registers from the sum to the division instead
+/// of being stored by sum_exp and read back. Per row the operations of sum_exp and of
+/// softmax_block's normalisation in their order (the same bits). Returns the rows done (a
+/// multiple of 2·lanes); the caller does the rest and the log-normalisers.
+template <int C>
+Index softmax_registers(double* a, Index lda, Index rows, const double* m, double* s, double* prob, Index ldp) {
+    Index i = 0;
+    for (; i + 2 * lanes <= rows; i += 2 * lanes) {
+        const vd m0 = loadv(m + i);
+        const vd m1 = loadv(m + i + lanes);
+        vd e0[C];
+        vd e1[C];
+        vd s0 = splat(0.0);
+        vd s1 = splat(0.0);
+#pragma GCC unroll 8
+        for (int k = 0; k < C; ++k) {
+            const double* ak = a + k * lda;
+            e0[k] = exp_flushed(loadv(ak + i) - m0);
+            e1[k] = exp_flushed(loadv(ak + i + lanes) - m1);
+            s0 = s0 + e0[k];
+            s1 = s1 + e1[k];
+        }
+        storev(s + i, s0);
+        storev(s + i + lanes, s1);
+        const vd inv0 = splat(1.0) / s0;
+        const vd inv1 = splat(1.0) / s1;
+#pragma GCC unroll 8
+        for (int k = 0; k < C; ++k) {
+            double* pk = prob ? prob + k * ldp : a + k * lda;
+            storev(pk + i, e0[k] * inv0);
+            storev(pk + i + lanes, e1[k] * inv1);
+        }
+    }
+    return i;
+}
+
+using SoftmaxRegisters = Index (*)(double*, Index, Index, const double*, double*, double*, Index);
+
+/// softmax_registers<C> by C − 2, for C = 2 .. 8 (more columns than registers hold: sum_exp).
+constexpr SoftmaxRegisters softmax_register_table[] = {softmax_registers<2>, softmax_registers<3>, softmax_registers<4>,
+                                                       softmax_registers<5>, softmax_registers<6>, softmax_registers<7>,
+                                                       softmax_registers<8>};
+
 } // namespace
 
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out) {
@@ -385,22 +430,29 @@ void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, d
             }
         return;
     }
-    // e = exp(a − m) into the probabilities (a itself when prob is null), s = Σ_k e.
-    if (prob)
-        sum_exp(a, lda, rows, cols, m, s, prob, ldp);
-    else
-        sum_exp(a, lda, rows, cols, m, s, a, lda);
+    // Up to 8 columns: most rows with their exponentials in registers from the sum to the
+    // probabilities (softmax_registers); the other rows: e = exp(a − m) into the probabilities
+    // (a itself when prob is null) and s = Σ_k e, then e / s.
+    const Index done = cols >= 2 && cols <= 8 ? softmax_register_table[cols - 2](a, lda, rows, m, s, prob, ldp) : 0;
+    const Index rest = rows - done;
+    double* ar = a + done;
+    double* pr = prob ? prob + done : nullptr;
+    if (rest > 0) {
+        if (prob)
+            sum_exp(ar, lda, rest, cols, m + done, s + done, pr, ldp);
+        else
+            sum_exp(ar, lda, rest, cols, m + done, s + done, ar, lda);
+    }
     // Every term is <= 1 and the largest is 1: s is in [1, cols]. The normaliser and the
     // log-probabilities are computed exactly as log_sum_exp_block and log_softmax_block do, so
     // both give the same bits (the gate's Newton steps compare values from both).
     log_plus(m, s, rows, norm);
-    Eigen::Map<Eigen::ArrayXd> inv(s, rows);
+    Eigen::Map<Eigen::ArrayXd> inv(s + done, rest);
     inv = inv.inverse();
-    const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
-    for (Index k = 0; k < cols; ++k) {
-        double* pk = prob ? prob + k * ldp : a + k * lda;
-        Eigen::Map<Eigen::ArrayXd>(pk, rows) *= inv;
-        if (prob) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
+    for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(prob ? pr + k * ldp : ar + k * lda, rest) *= inv;
+    if (prob) {
+        const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
+        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
     }
 }
 
