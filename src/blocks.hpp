@@ -195,11 +195,22 @@ void tree_gate_log_probabilities_block(
 /// gate inputs), to out[i + k·ld]: the same kernel and order as the gate's Newton passes.
 void softmax_gate_scores_block(const Matrix& v, const Dataset& data, Index begin, Index rows, double* out, Index ld);
 
-/// Σ_{i<rows} w_i v_i of one block in row order (one multiply-add each): a block's share of
-/// the weighted log-likelihood Σ_i w_i log p(y_i | x_i).
+/// Σ_{i<rows} w_i v_i of one block: a block's share of the weighted log-likelihood
+/// Σ_i w_i log p(y_i | x_i). Four packet accumulators over the full steps of four packets (one
+/// multiply-add each), summed in a fixed order, then the remaining rows in order: the order
+/// depends only on `rows`. (A single running sum in row order waited on every multiply-add's
+/// latency: 7% of a mixture-of-regressions pass.)
 inline double weighted_sum_block(const double* w, const double* v, Index rows) {
-    double sum = 0.0;
-    for (Index i = 0; i < rows; ++i) sum = fused_madd(w[i], v[i], sum);
+    using namespace Eigen::internal;
+    using Packet = packet_traits<double>::type;
+    constexpr Index size = packet_traits<double>::size;
+    Packet c[4] = {pset1<Packet>(0.0), pset1<Packet>(0.0), pset1<Packet>(0.0), pset1<Packet>(0.0)};
+    Index i = 0;
+    for (; i + 4 * size <= rows; i += 4 * size)
+        for (int t = 0; t < 4; ++t)
+            c[t] = pmadd(ploadu<Packet>(w + i + t * size), ploadu<Packet>(v + i + t * size), c[t]);
+    double sum = predux(padd(padd(c[0], c[1]), padd(c[2], c[3])));
+    for (; i < rows; ++i) sum = fused_madd(w[i], v[i], sum);
     return sum;
 }
 
