@@ -339,30 +339,108 @@ void log_plus(const double* m, const double* s, Index rows, double* out) {
     for (; i < rows; ++i) out[i] = m[i] + log_core(s[i]);
 }
 
-/// softmax_block's clean-block path for C columns (row_max held), on pairs of registers of
-/// rows: s = Σ_k exp(a_k − m) into s and the probabilities e_k / s (into prob, or over a when
-/// prob is null), the C exponentials kept in registers from the sum to the division instead
-/// of being stored by sum_exp and read back. Per row the operations of sum_exp and of
-/// softmax_block's normalisation in their order (the same bits). Returns the rows done (a
-/// multiple of 2·lanes); the caller does the rest and the log-normalisers.
+/// Whether row `a` (cols >= 1 entries, stride lda) is clean: no NaN and a finite maximum, which
+/// goes to m (the maximum as row_max forms it).
+bool clean_row(const double* a, Index lda, Index cols, double& m) {
+    m = a[0];
+    bool nan = a[0] != a[0];
+    for (Index k = 1; k < cols; ++k) {
+        const double v = a[k * lda];
+        m = v > m ? v : m;
+        nan = nan || v != v;
+    }
+    return !nan && m - m == 0.0;
+}
+
+/// Σ_k exp(a_k − m) of a clean row: sum_exp's operations for one row (the same bits).
+double row_sum_exp(const double* a, Index lda, Index cols, double m) {
+    double s = 0.0;
+    for (Index k = 0; k < cols; ++k) s += exp_flushed(a[k * lda] - m);
+    return s;
+}
+
+/// softmax_block for row i alone, whatever the other rows hold. A clean row: its maximum and
+/// sum go to m[i] and s[i] and its probabilities e_k · (1/s) are written, with the operations
+/// of the block path (the same bits). Otherwise the reference: m[i] = log_sum_exp_row, s[i] =
+/// 1 (so that m + log s is that normaliser exactly), the log-probabilities v_k = a_k − norm
+/// (a_k itself when the normaliser is not finite) and p_k = exp(v_k); with prob the
+/// probabilities go there and a is left for the caller's subtraction, else p replaces a.
+void softmax_row(double* a, Index lda, Index cols, double* m, double* s, double* prob, Index ldp) {
+    double mi = 0.0;
+    if (clean_row(a, lda, cols, mi)) {
+        double* p = prob ? prob : a;
+        const Index ld = prob ? ldp : lda;
+        double si = 0.0;
+        for (Index k = 0; k < cols; ++k) {
+            const double e = exp_flushed(a[k * lda] - mi);
+            p[k * ld] = e;
+            si += e;
+        }
+        const double inv = 1.0 / si;
+        for (Index k = 0; k < cols; ++k) p[k * ld] *= inv;
+        *m = mi;
+        *s = si;
+        return;
+    }
+    const double norm = log_sum_exp_row(a, lda, cols);
+    for (Index k = 0; k < cols; ++k) {
+        const double v = std::isfinite(norm) ? a[k * lda] - norm : a[k * lda];
+        const double p = v > 709.0 ? std::exp(v) : exp_flushed(v);
+        if (prob)
+            prob[k * ldp] = p;
+        else
+            a[k * lda] = p;
+    }
+    *m = norm;
+    *s = 1.0;
+}
+
+/// softmax_block for C columns, on pairs of registers of rows: the row maxima, then s = Σ_k
+/// exp(a_k − m) into s and the probabilities e_k / s (into prob, or over a when prob is null),
+/// the C values and then their exponentials kept in registers instead of passing over the block
+/// for the maxima and storing the exponentials for the division. Per row the operations of
+/// row_max, sum_exp and the block normalisation in their order (the same bits). A pair of
+/// registers with a row that is not clean goes row by row (softmax_row), as do the rows after
+/// the last pair.
 template <int C>
-Index softmax_registers(double* a, Index lda, Index rows, const double* m, double* s, double* prob, Index ldp) {
+void softmax_registers(double* a, Index lda, Index rows, double* m, double* s, double* prob, Index ldp) {
     Index i = 0;
     for (; i + 2 * lanes <= rows; i += 2 * lanes) {
-        const vd m0 = loadv(m + i);
-        const vd m1 = loadv(m + i + lanes);
-        vd e0[C];
-        vd e1[C];
+        vd x0[C];
+        vd x1[C];
+        vd bad = splat(0.0);
+#pragma GCC unroll 8
+        for (int k = 0; k < C; ++k) {
+            x0[k] = loadv(a + k * lda + i);
+            x1[k] = loadv(a + k * lda + i + lanes);
+            bad = bad + (x0[k] != x0[k] ? splat(1.0) : splat(0.0)) + (x1[k] != x1[k] ? splat(1.0) : splat(0.0));
+        }
+        vd m0 = x0[0];
+        vd m1 = x1[0];
+#pragma GCC unroll 8
+        for (int k = 1; k < C; ++k) {
+            m0 = x0[k] > m0 ? x0[k] : m0;
+            m1 = x1[k] > m1 ? x1[k] : m1;
+        }
+        bad = bad + (m0 - m0 == splat(0.0) ? splat(0.0) : splat(1.0)) + (m1 - m1 == splat(0.0) ? splat(0.0) : splat(1.0));
+        bool clean = true;
+        for (Index t = 0; t < lanes; ++t) clean = clean && bad[t] == 0.0;
+        if (!clean) {
+            for (Index r = i; r < i + 2 * lanes; ++r)
+                softmax_row(a + r, lda, C, m + r, s + r, prob ? prob + r : nullptr, ldp);
+            continue;
+        }
         vd s0 = splat(0.0);
         vd s1 = splat(0.0);
 #pragma GCC unroll 8
         for (int k = 0; k < C; ++k) {
-            const double* ak = a + k * lda;
-            e0[k] = exp_flushed(loadv(ak + i) - m0);
-            e1[k] = exp_flushed(loadv(ak + i + lanes) - m1);
-            s0 = s0 + e0[k];
-            s1 = s1 + e1[k];
+            x0[k] = exp_flushed(x0[k] - m0);
+            x1[k] = exp_flushed(x1[k] - m1);
+            s0 = s0 + x0[k];
+            s1 = s1 + x1[k];
         }
+        storev(m + i, m0);
+        storev(m + i + lanes, m1);
         storev(s + i, s0);
         storev(s + i + lanes, s1);
         const vd inv0 = splat(1.0) / s0;
@@ -370,14 +448,14 @@ Index softmax_registers(double* a, Index lda, Index rows, const double* m, doubl
 #pragma GCC unroll 8
         for (int k = 0; k < C; ++k) {
             double* pk = prob ? prob + k * ldp : a + k * lda;
-            storev(pk + i, e0[k] * inv0);
-            storev(pk + i + lanes, e1[k] * inv1);
+            storev(pk + i, x0[k] * inv0);
+            storev(pk + i + lanes, x1[k] * inv1);
         }
     }
-    return i;
+    for (; i < rows; ++i) softmax_row(a + i, lda, C, m + i, s + i, prob ? prob + i : nullptr, ldp);
 }
 
-using SoftmaxRegisters = Index (*)(double*, Index, Index, const double*, double*, double*, Index);
+using SoftmaxRegisters = void (*)(double*, Index, Index, double*, double*, double*, Index);
 
 /// softmax_registers<C> by C − 2, for C = 2 .. 8 (more columns than registers hold: sum_exp).
 constexpr SoftmaxRegisters softmax_register_table[] = {softmax_registers<2>, softmax_registers<3>, softmax_registers<4>,
@@ -393,12 +471,17 @@ void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, doubl
         return;
     }
     // Column-major storage: m = the row maxima, then m + log Σ_k exp(a_k − m), column by
-    // column over the rows (vectorised). A block with a NaN or a non-finite row maximum goes
-    // row by row through the reference, which applies the contract exactly.
+    // column over the rows (vectorised). In a block with a NaN or a non-finite row maximum,
+    // row by row: the clean rows with the same operations (the same bits), the others through
+    // the reference, which applies the contract exactly.
     double m[block_rows];
     double s[block_rows];
     if (!row_max(a, lda, rows, cols, m)) {
-        for (Index r = 0; r < rows; ++r) out[r] = log_sum_exp_row(a + r, lda, cols);
+        for (Index r = 0; r < rows; ++r) {
+            double mr = 0.0;
+            out[r] = clean_row(a + r, lda, cols, mr) ? mr + log_core(row_sum_exp(a + r, lda, cols, mr))
+                                                     : log_sum_exp_row(a + r, lda, cols);
+        }
         return;
     }
     sum_exp(a, lda, rows, cols, m, s, nullptr, 0);
@@ -415,44 +498,35 @@ void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, d
     }
     double m[block_rows];
     double s[block_rows];
-    if (!row_max(a, lda, rows, cols, m)) {
-        // The reference: the log-softmax (rows with a non-finite normaliser keep their values),
-        // then exp of each entry.
-        log_softmax_block(a, lda, rows, cols, norm);
-        for (Index k = 0; k < cols; ++k)
-            for (Index i = 0; i < rows; ++i) {
-                double& v = a[i + k * lda];
-                const double p = v > 709.0 ? std::exp(v) : exp_flushed(v);
-                if (prob)
-                    prob[i + k * ldp] = p;
-                else
-                    v = p;
-            }
-        return;
+    if (cols >= 2 && cols <= 8) {
+        // Up to 8 columns: one pass with the values in registers (softmax_registers).
+        softmax_register_table[cols - 2](a, lda, rows, m, s, prob, ldp);
+    } else if (!row_max(a, lda, rows, cols, m)) {
+        // A block with a NaN or a non-finite row maximum: row by row (softmax_row).
+        for (Index r = 0; r < rows; ++r) softmax_row(a + r, lda, cols, m + r, s + r, prob ? prob + r : nullptr, ldp);
+    } else {
+        // e = exp(a − m) into the probabilities (a itself when prob is null), s = Σ_k e, then
+        // e · (1/s).
+        sum_exp(a, lda, rows, cols, m, s, prob ? prob : a, prob ? ldp : lda);
+        double inv[block_rows];
+        Eigen::Map<Eigen::ArrayXd>(inv, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).inverse();
+        const Eigen::Map<const Eigen::ArrayXd> inv_map(inv, rows);
+        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(prob ? prob + k * ldp : a + k * lda, rows) *= inv_map;
     }
-    // Up to 8 columns: most rows with their exponentials in registers from the sum to the
-    // probabilities (softmax_registers); the other rows: e = exp(a − m) into the probabilities
-    // (a itself when prob is null) and s = Σ_k e, then e / s.
-    const Index done = cols >= 2 && cols <= 8 ? softmax_register_table[cols - 2](a, lda, rows, m, s, prob, ldp) : 0;
-    const Index rest = rows - done;
-    double* ar = a + done;
-    double* pr = prob ? prob + done : nullptr;
-    if (rest > 0) {
-        if (prob)
-            sum_exp(ar, lda, rest, cols, m + done, s + done, pr, ldp);
-        else
-            sum_exp(ar, lda, rest, cols, m + done, s + done, ar, lda);
-    }
-    // Every term is <= 1 and the largest is 1: s is in [1, cols]. The normaliser and the
-    // log-probabilities are computed exactly as log_sum_exp_block and log_softmax_block do, so
-    // both give the same bits (the gate's Newton steps compare values from both).
+    // The normalisers, m + log s (a clean row's sum is in [1, cols]; a row through the reference
+    // has its normaliser in m and s = 1), exactly as log_sum_exp_block computes them: both give
+    // the same bits (the gate's Newton steps compare values from both). With prob, a becomes
+    // the log-probabilities, as log_softmax_block leaves them.
     log_plus(m, s, rows, norm);
-    Eigen::Map<Eigen::ArrayXd> inv(s + done, rest);
-    inv = inv.inverse();
-    for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(prob ? pr + k * ldp : ar + k * lda, rest) *= inv;
     if (prob) {
         const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
-        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
+        if (lse.isFinite().all()) {
+            for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
+        } else {
+            for (Index i = 0; i < rows; ++i)
+                if (std::isfinite(norm[i]))
+                    for (Index k = 0; k < cols; ++k) a[i + k * lda] -= norm[i];
+        }
     }
 }
 

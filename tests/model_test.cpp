@@ -411,4 +411,16 @@ TEST_CASE("e_step_probabilities: routed-away experts get exactly 0, an impossibl
         REQUIRE(zeros == 2);
         REQUIRE(h.row(i).sum() == 1.0);
     }
+    // The impossible sample changes nothing for the others, to the bit: its block is not sent
+    // through the reference kernel as a whole, only its own row.
+    moekit::Dataset clean = data;
+    clean.y(17, 0) = 0.5;
+    Matrix h_clean;
+    Vector log_norm_clean;
+    moekit::e_step_probabilities(m, clean, h_clean, log_norm_clean);
+    for (Index i = 0; i < n; ++i) {
+        if (i == 17) continue;
+        REQUIRE(log_norm(i) == log_norm_clean(i));
+        for (Index k = 0; k < 3; ++k) REQUIRE(h(i, k) == h_clean(i, k));
+    }
 }
