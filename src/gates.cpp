@@ -313,6 +313,7 @@ class NewtonSoftmax {
         }
         if (hessian_stale_) {
             // The previous Hessian does not confirm the stop: the current one decides.
+            ++report_.hessian_refreshes;
             phase_ = Phase::RefreshHessian;
             return;
         }
@@ -551,6 +552,7 @@ GateUpdateReport update_tree(TreeGate& tree, const Dataset& data, const ConstMat
         const GateUpdateReport& r = solver.report();
         total.newton_steps += r.newton_steps;
         total.step_halvings += r.step_halvings;
+        total.hessian_refreshes += r.hessian_refreshes;
         total.stalled = total.stalled || r.stalled;
         total.objective += r.objective;
     }

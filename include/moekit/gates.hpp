@@ -75,6 +75,10 @@ struct GateOptions {
 struct GateUpdateReport {
     int newton_steps = 0;   ///< accepted Newton steps
     int step_halvings = 0;  ///< halvings needed in total
+    /// Extra passes for a Hessian: the last step was taken without gathering its Hessian (its
+    /// predicted increase was tiny), the previous point's did not confirm the stop, and a pass
+    /// computed the current one.
+    int hessian_refreshes = 0;
     bool stalled = false;   ///< a Newton direction gave no increase even after halving
     double objective = 0.0; ///< penalised gate objective after the update
 };
