@@ -291,7 +291,7 @@ inline constexpr Index statistics_sub_block = 256;
 
 /// Per-thread work space of shifted_statistics_block.
 struct StatisticsScratch {
-    Matrix residuals;                   ///< statistics_sub_block × q
+    Matrix residuals;                   ///< statistics_sub_block × q (linear, one target: × K)
     AlignedBuffer weights;              ///< statistics_sub_block
     std::vector<const double*> columns; ///< m
     Matrix part;                        ///< m × m, one sub-block's cross products

@@ -149,18 +149,19 @@ void shift_sums_sweep(const double* w, const double* const* h, const double* con
     for (Index i = full; i < rows; ++i)
         for (int e = 0; e < E; ++e) {
             const double ar_i = (w[i] * h[e][i]) * r[e][i];
-            for (int t = 0; t < G; ++t) total[e][t] += ar_i * x[t][i];
+            for (int t = 0; t < G; ++t) total[e][t] = fused_madd(ar_i, x[t][i], total[e][t]);
             if constexpr (First) {
                 total[e][G] += ar_i;
-                total[e][G + 1] += ar_i * r[e][i];
+                total[e][G + 1] = fused_madd(ar_i, r[e][i], total[e][G + 1]);
             }
         }
     for (int e = 0; e < E; ++e)
         for (int t = 0; t < A; ++t) *sums[e * A + t] += total[e][t];
 }
 
-/// Input columns per sweep: two experts' 2·(G + 2) accumulators, the G inputs and the
-/// experts' weights and residuals fit in 32 vector registers.
+/// Input columns per sweep: with AVX-512 two experts' 2·(G + 2) accumulators, the G inputs
+/// and the experts' weights and residuals fit in the 32 vector registers (with 16, AVX2 or
+/// SSE2, some accumulators spill to L1).
 constexpr int shift_sums_columns = 5;
 
 using ShiftSweep = void (*)(const double*, const double* const*, const double* const*, const double* const*, Index,
@@ -171,7 +172,8 @@ constexpr std::array<ShiftSweep, sizeof...(G)> shift_sweeps(std::integer_sequenc
     return {shift_sums_sweep<E, G, First>...};
 }
 
-/// The sweeps by [experts − 1][first][columns].
+/// The sweeps by [experts − 1][first][columns] (entry [·][0][0], no columns and not the first
+/// group, is never called: the first group of every expert pair runs, later ones have inputs).
 constexpr std::array<ShiftSweep, shift_sums_columns + 1> shift_sweep_table[2][2] = {
     {shift_sweeps<1, false>(std::make_integer_sequence<int, shift_sums_columns + 1>{}),
      shift_sweeps<1, true>(std::make_integer_sequence<int, shift_sums_columns + 1>{})},
@@ -186,14 +188,14 @@ void linear_shift_sums(const double* w, const double* const* h, const double* co
                        Index d, Index K, Index rows, double* const* out) {
     double* sums[2 * (shift_sums_columns + 2)];
     for (Index k0 = 0; k0 < K; k0 += 2) {
-        const int E = K - k0 >= 2 ? 2 : 1;
+        const Index E = std::min<Index>(2, K - k0);
         for (Index c0 = 0; c0 == 0 || c0 < d; c0 += shift_sums_columns) {
-            const int g = static_cast<int>(std::min<Index>(shift_sums_columns, d - c0));
+            const Index g = std::min<Index>(shift_sums_columns, d - c0);
             const bool first = c0 == 0;
-            const int A = g + (first ? 2 : 0);
-            for (int e = 0; e < E; ++e) {
+            const Index A = g + (first ? 2 : 0);
+            for (Index e = 0; e < E; ++e) {
                 double* o = out[k0 + e];
-                for (int t = 0; t < g; ++t) sums[e * A + t] = o + 1 + c0 + t;
+                for (Index t = 0; t < g; ++t) sums[e * A + t] = o + 1 + c0 + t;
                 if (first) {
                     sums[e * A + g] = o;
                     sums[e * A + g + 1] = o + d + 1;
@@ -349,17 +351,28 @@ void reserve_scratch(ExpertScratch& s, const Experts& experts) {
 
 /// r = y − x̃ W for rows [begin, begin + rows) into `r` (rows × W.cols(), leading dimension
 /// ldr; column c is fitted to target c mod q).
+namespace {
+
+/// The design columns of rows [begin, ...) for linear_scores_sweep: columns[0] the implicit
+/// ones (not read), then the d inputs (this thread's array, valid until the next call).
+const double* const* design_columns(const Dataset& data, Index d, Index begin) {
+    thread_local std::vector<const double*> columns;
+    columns.assign(static_cast<std::size_t>(d + 1), nullptr);
+    for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+    return columns.data();
+}
+
+} // namespace
+
 void linear_residuals_block(const Dataset& data, const ConstMatrixRef& w, Index begin, Index rows, double* r, Index ldr) {
-    // The fitted means x̃ w_c by linear_scores_block (intercept, then the inputs in order, one
-    // multiply-add each, up to four columns per sweep over the inputs), then y minus them.
+    // The fitted means x̃ w_c (intercept, then the inputs in order, one multiply-add each, up
+    // to four columns per sweep over the inputs), then y minus them.
     const Index q = data.y.cols();
     const Index d = w.rows() - 1;
-    thread_local std::vector<const double*> columns;
-    columns.assign(static_cast<std::size_t>(d + 1), nullptr); // columns[0]: the implicit ones
-    for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
+    const double* const* columns = design_columns(data, d, begin);
     auto target = [&](Index c) { return data.y.data() + (c % q) * data.y.outerStride() + begin; };
     if (d > linear_scores_max_columns) {
-        linear_scores_block(w, columns.data(), true, rows, r, ldr);
+        linear_scores_block(w, columns, true, rows, r, ldr);
         for (Index c = 0; c < w.cols(); ++c) {
             const double* yt = target(c);
             double* rc = r + c * ldr;
@@ -370,7 +383,7 @@ void linear_residuals_block(const Dataset& data, const ConstMatrixRef& w, Index 
     // y − x̃ w_c while the fitted mean is in a register.
     using namespace Eigen::internal;
     linear_scores_sweep(
-        w, columns.data(), true, rows,
+        w, columns, true, rows,
         [&](Index c, Index i, Packet a) { pstoreu(r + c * ldr + i, psub(ploadu<Packet>(target(c) + i), a)); },
         [&](Index c, Index i, double a) { r[c * ldr + i] = target(c)[i] - a; });
 }
@@ -380,11 +393,13 @@ namespace {
 /// Experts per call of linear_log_densities_one_target (their constants on the stack).
 constexpr Index linear_fused_experts = 64;
 
-/// Linear experts with one target, the G = w.cols() experts k0 .. k0 + G − 1 (their
-/// coefficients the columns of w): r_g = y − x̃ w_g into r (leading dimension ldr) and
-/// out[i + (k0 + g)·ld] = c_g − ½ (r_g(i) / L_g)², the residuals of linear_residuals_block and
-/// the log densities of gaussian_log_density_block (q = 1) with their arithmetic, computed
-/// while each fitted mean is in a register instead of in two more passes over the block.
+/// Linear experts with one target, the G = w.cols() <= linear_fused_experts experts k0 .. k0 +
+/// G − 1 (their coefficients the columns of w): out[i + (k0 + g)·ld] = c_g − ½ (r_g(i) / L_g)²
+/// with r_g = y − x̃ w_g, the log densities of gaussian_log_density_block (q = 1) on the
+/// residuals of linear_residuals_block with their arithmetic, computed while each fitted mean
+/// is in a register instead of in two more passes over the block; with StoreResiduals also r_g
+/// into r (leading dimension ldr), for the statistics.
+template <bool StoreResiduals>
 void linear_log_densities_one_target(const Experts& experts,
                                      const Dataset& data,
                                      const ConstMatrixRef& w,
@@ -399,9 +414,6 @@ void linear_log_densities_one_target(const Experts& experts,
     using namespace Eigen::internal;
     const Index d = w.rows() - 1;
     const Index G = w.cols();
-    thread_local std::vector<const double*> columns;
-    columns.assign(static_cast<std::size_t>(d + 1), nullptr); // columns[0]: the implicit ones
-    for (Index l = 0; l < d; ++l) columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + begin;
     assert(G <= linear_fused_experts);
     double inv[linear_fused_experts];
     double c[linear_fused_experts];
@@ -412,19 +424,20 @@ void linear_log_densities_one_target(const Experts& experts,
     }
     const double* y = data.y.data() + begin;
     const Packet zero = pset1<Packet>(0.0);
-    const Packet half = pset1<Packet>(-0.5);
+    const Packet minus_half = pset1<Packet>(-0.5);
     linear_scores_sweep(
-        w, columns.data(), true, rows,
+        w, design_columns(data, d, begin), true, rows,
         [&](Index g, Index i, Packet a) {
             const Packet rg = psub(ploadu<Packet>(y + i), a);
-            pstoreu(r + g * ldr + i, rg);
-            // gaussian_log_density_block's diagonal form: z = (r − 0)/L, z·z + 0, −½·that + c.
+            if constexpr (StoreResiduals) pstoreu(r + g * ldr + i, rg);
+            // gaussian_log_density_block's diagonal form: z = (r − 0)·(1/L), z·z + 0, then
+            // −½·that + c.
             const Packet z = pmul(psub(rg, zero), pset1<Packet>(inv[g]));
-            pstoreu(out + (k0 + g) * ld + i, pmadd(half, pmadd(z, z, zero), pset1<Packet>(c[g])));
+            pstoreu(out + (k0 + g) * ld + i, pmadd(minus_half, pmadd(z, z, zero), pset1<Packet>(c[g])));
         },
         [&](Index g, Index i, double a) {
             const double rg = y[i] - a;
-            r[g * ldr + i] = rg;
+            if constexpr (StoreResiduals) r[g * ldr + i] = rg;
             const double z = (rg - 0.0) * inv[g];
             out[(k0 + g) * ld + i] = fused_madd(-0.5, fused_madd(z, z, 0.0), c[g]);
         });
@@ -459,9 +472,18 @@ void expert_log_densities_block(const Experts& experts,
             if (scratch.stacked.rows() != p || scratch.stacked.cols() < G * q) scratch.stacked.resize(p, group * q);
             for (Index g = 0; g < G; ++g)
                 scratch.stacked.middleCols(g * q, q) = experts.coefficients[static_cast<std::size_t>(k0 + g)];
-            if (q == 1 && p - 1 <= linear_scores_max_columns && G <= linear_fused_experts) {
-                linear_log_densities_one_target(experts, data, scratch.stacked.leftCols(G), k0, begin, rows, r, ldr,
-                                                out, ld, offsets);
+            if (q == 1 && p - 1 <= linear_scores_max_columns) {
+                // Residuals stored only when the E-step keeps them for the statistics.
+                for (Index g0 = 0; g0 < G; g0 += linear_fused_experts) {
+                    const Index count = std::min(linear_fused_experts, G - g0);
+                    const ConstMatrixRef wg = scratch.stacked.middleCols(g0, count);
+                    if (keep)
+                        linear_log_densities_one_target<true>(experts, data, wg, k0 + g0, begin, rows, r + g0 * ldr,
+                                                              ldr, out, ld, offsets);
+                    else
+                        linear_log_densities_one_target<false>(experts, data, wg, k0 + g0, begin, rows, nullptr, 0,
+                                                               out, ld, offsets);
+                }
                 continue;
             }
             linear_residuals_block(data, scratch.stacked.leftCols(G * q), begin, rows, r, ldr);
@@ -562,8 +584,6 @@ void shifted_statistics_block(ExpertKind kind,
     const Index m = p + q;
     const Index b_begin = block_begin(b);
     const Index b_rows = block_size(b, n);
-    double* r = s.residuals.data();
-    const Index ldr = s.residuals.outerStride();
     if (kind == ExpertKind::Linear) {
         // G_k = X̃ᵀ A_k X̃ does not depend on the coefficients: all experts in one sweep of the
         // block over the shared design columns (multi_crossprod_block, weights a_k = w h_k).
@@ -612,6 +632,8 @@ void shifted_statistics_block(ExpertKind kind,
         }
         // B = X̃ᵀ A R and C = Rᵀ A R around the current coefficients, by sub-blocks whose
         // residuals stay in L1.
+        double* r = s.residuals.data();
+        const Index ldr = s.residuals.outerStride();
         for (Index first = 0; first < b_rows; first += statistics_sub_block) {
             const Index begin = b_begin + first;
             const Index rows = std::min(statistics_sub_block, b_rows - first);
@@ -653,6 +675,8 @@ void shifted_statistics_block(ExpertKind kind,
     // Gaussian experts (the design is the column of ones): sub-blocks of statistics_sub_block
     // rows, whose residuals and weights stay in L1 between being formed and being read by the
     // cross products (a whole block's would live in L2).
+    double* r = s.residuals.data();
+    const Index ldr = s.residuals.outerStride();
     for (Index first = 0; first < b_rows; first += statistics_sub_block) {
         const Index begin = b_begin + first;
         const Index rows = std::min(statistics_sub_block, b_rows - first);

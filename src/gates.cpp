@@ -1,8 +1,8 @@
 #include "moekit/gates.hpp"
 
 #include "blocks.hpp"
-#include "linear_scores.hpp"
 #include "detail.hpp"
+#include "linear_scores.hpp"
 #include "multi_crossprod.hpp"
 #include "moekit/errors.hpp"
 #include "moekit/log_sum_exp.hpp"

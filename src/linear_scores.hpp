@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cassert>
 #include <type_traits>
 
 namespace moekit::detail {
@@ -40,6 +41,7 @@ void linear_scores_sweep(const ConstMatrixRef& v,
     const Index m = v.rows();
     const Index first = intercept ? 1 : 0;
     const Index K = v.cols();
+    assert(m - first <= linear_scores_max_columns);
     for (Index k0 = 0; k0 < K; k0 += classes_per_sweep) {
         const Index kc = std::min(classes_per_sweep, K - k0);
         double coef[linear_scores_max_columns * classes_per_sweep]; // coef[(j − first)·4 + c]

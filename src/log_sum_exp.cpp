@@ -462,6 +462,19 @@ constexpr SoftmaxRegisters softmax_register_table[] = {softmax_registers<2>, sof
                                                        softmax_registers<5>, softmax_registers<6>, softmax_registers<7>,
                                                        softmax_registers<8>};
 
+/// a_ik −= norm_i, the log-probabilities from the log joint; rows with a non-finite
+/// normaliser keep their values (log_softmax's contract).
+void subtract_normalisers(double* a, Index lda, Index rows, Index cols, const double* norm) {
+    const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
+    if (lse.isFinite().all()) {
+        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
+        return;
+    }
+    for (Index i = 0; i < rows; ++i)
+        if (std::isfinite(norm[i]))
+            for (Index k = 0; k < cols; ++k) a[i + k * lda] -= norm[i];
+}
+
 } // namespace
 
 void log_sum_exp_block(const double* a, Index lda, Index rows, Index cols, double* out) {
@@ -496,50 +509,35 @@ void softmax_block(double* a, Index lda, Index rows, Index cols, double* norm, d
         std::fill(norm, norm + rows, negative_infinity);
         return;
     }
+    // The normalisers are m + log s (a clean row's sum is in [1, cols]; a row through the
+    // reference has its normaliser in m and s = 1), exactly as log_sum_exp_block computes them:
+    // both give the same bits (the gate's Newton steps compare values from both). With prob, a
+    // becomes the log-probabilities, as log_softmax_block leaves them.
     double m[block_rows];
     double s[block_rows];
     if (cols >= 2 && cols <= 8) {
         // Up to 8 columns: one pass with the values in registers (softmax_registers).
         softmax_register_table[cols - 2](a, lda, rows, m, s, prob, ldp);
+        log_plus(m, s, rows, norm);
     } else if (!row_max(a, lda, rows, cols, m)) {
         // A block with a NaN or a non-finite row maximum: row by row (softmax_row).
         for (Index r = 0; r < rows; ++r) softmax_row(a + r, lda, cols, m + r, s + r, prob ? prob + r : nullptr, ldp);
+        log_plus(m, s, rows, norm);
     } else {
         // e = exp(a − m) into the probabilities (a itself when prob is null), s = Σ_k e, then
         // e · (1/s).
         sum_exp(a, lda, rows, cols, m, s, prob ? prob : a, prob ? ldp : lda);
-        double inv[block_rows];
-        Eigen::Map<Eigen::ArrayXd>(inv, rows) = Eigen::Map<const Eigen::ArrayXd>(s, rows).inverse();
-        const Eigen::Map<const Eigen::ArrayXd> inv_map(inv, rows);
-        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(prob ? prob + k * ldp : a + k * lda, rows) *= inv_map;
+        log_plus(m, s, rows, norm);
+        Eigen::Map<Eigen::ArrayXd> inv(s, rows);
+        inv = inv.inverse();
+        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(prob ? prob + k * ldp : a + k * lda, rows) *= inv;
     }
-    // The normalisers, m + log s (a clean row's sum is in [1, cols]; a row through the reference
-    // has its normaliser in m and s = 1), exactly as log_sum_exp_block computes them: both give
-    // the same bits (the gate's Newton steps compare values from both). With prob, a becomes
-    // the log-probabilities, as log_softmax_block leaves them.
-    log_plus(m, s, rows, norm);
-    if (prob) {
-        const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
-        if (lse.isFinite().all()) {
-            for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
-        } else {
-            for (Index i = 0; i < rows; ++i)
-                if (std::isfinite(norm[i]))
-                    for (Index k = 0; k < cols; ++k) a[i + k * lda] -= norm[i];
-        }
-    }
+    if (prob) subtract_normalisers(a, lda, rows, cols, norm);
 }
 
 void log_softmax_block(double* a, Index lda, Index rows, Index cols, double* norm) {
     log_sum_exp_block(a, lda, rows, cols, norm);
-    const Eigen::Map<const Eigen::ArrayXd> lse(norm, rows);
-    if (lse.isFinite().all()) {
-        for (Index k = 0; k < cols; ++k) Eigen::Map<Eigen::ArrayXd>(a + k * lda, rows) -= lse;
-        return;
-    }
-    for (Index i = 0; i < rows; ++i)
-        if (std::isfinite(norm[i]))
-            for (Index k = 0; k < cols; ++k) a[i + k * lda] -= norm[i];
+    subtract_normalisers(a, lda, rows, cols, norm);
 }
 
 void exp_block(const double* a, Index rows, double* out) {

@@ -58,7 +58,7 @@ void tile(const double* const* c, const double* const* uj, const double* const* 
 
 using TileFunction = void (*)(const double* const*, const double* const*, const double* const*, Index, double* const*);
 
-/// Up to 15 entries per tile (the widest shape below has 14).
+/// Up to 15 entries per tile (the widest shapes below: 14 products, 15 weighted-sum columns).
 inline constexpr int max_tile_entries = 15;
 
 /// tile<PT, 1> ... tile<PT, T>, by entries − 1: a row of tiles ends with a narrower tile for

@@ -254,7 +254,9 @@ TEST_CASE("a Newton step taken without its Hessian is confirmed by a refresh pas
     // increase was tiny (taken without gathering its Hessian) the previous point's Hessian does
     // not confirm the stop, and a pass computes the current one (report.hessian_refreshes).
     // The configuration was found by a search over seeds; the refresh is asserted so that the
-    // test keeps exercising that path. The result is the stationary point all the same.
+    // test keeps exercising that path (if a change of the Newton iteration's arithmetic makes
+    // it fail, search the seeds again for a configuration with a refresh). The result is the
+    // stationary point all the same.
     const Index n = 200;
     const Index g = 1;
     const Index K = 4;
@@ -387,8 +389,8 @@ TEST_CASE("softmax gate objective: the same bits with and without derivatives, a
 }
 
 TEST_CASE("softmax gate Hessian equals the naive sum for many blocks, classes and inputs", "[gates]") {
-    // The Hessian kernel sweeps all class pairs at once in register tiles (padded pairs and
-    // entries, chunks of rows, a scalar tail): against −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
+    // The Hessian kernel sweeps all class pairs at once in register tiles (padded pairs, a
+    // narrower last tile of entries, chunks of rows, a scalar tail): against −Σ_i w_i g_ik (δ_kl − g_il) z̃_i z̃_iᵀ
     // summed naively in long double, over three sample blocks (the last partial) and shapes
     // that leave every kind of padding.
     const Index n = 9001;
@@ -433,8 +435,8 @@ TEST_CASE("softmax gate objective and gradient equal the naive sums for many blo
           "[gates]") {
     // The value sums each class's weighted log-probabilities in packets (up to four classes per
     // sweep), the scores sweep up to four classes per pass over the inputs, and the gradient
-    // sweeps all free classes at once in register tiles (padded rows and columns, chunks, a
-    // scalar tail): against Σ_i w_i Σ_k h_ik log g_ik − penalty and Σ_i w_i (h_ik − g_ik) z̃_i
+    // sweeps all free classes at once in register tiles (padded rows, a narrower last tile of
+    // columns, chunks, a scalar tail): against Σ_i w_i Σ_k h_ik log g_ik − penalty and Σ_i w_i (h_ik − g_ik) z̃_i
     // summed naively in long double over three sample blocks, the last partial.
     const Index n = 9001;
     for (const Index g : {0, 1, 4, 7, 16, 40}) { // 40: beyond the scores' 32 columns in registers
