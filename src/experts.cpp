@@ -55,25 +55,6 @@ void dot4(const double* x, const double* const* u, Index rows, double* result, I
     for (int t = 0; t < 4; ++t) result[t] = predux(padd(c[2 * t], c[2 * t + 1])) + tail[t];
 }
 
-/// Σ_i x_i u_i, four packets of rows per step.
-double dot1(const double* x, const double* u, Index rows) {
-    using namespace Eigen::internal;
-    Packet c0 = pset1<Packet>(0.0);
-    Packet c1 = c0;
-    Packet c2 = c0;
-    Packet c3 = c0;
-    Index i = 0;
-    for (; i + 4 * packet_size <= rows; i += 4 * packet_size) {
-        c0 = pmadd(ploadu<Packet>(x + i), ploadu<Packet>(u + i), c0);
-        c1 = pmadd(ploadu<Packet>(x + i + packet_size), ploadu<Packet>(u + i + packet_size), c1);
-        c2 = pmadd(ploadu<Packet>(x + i + 2 * packet_size), ploadu<Packet>(u + i + 2 * packet_size), c2);
-        c3 = pmadd(ploadu<Packet>(x + i + 3 * packet_size), ploadu<Packet>(u + i + 3 * packet_size), c3);
-    }
-    double tail = 0.0;
-    for (; i < rows; ++i) tail += x[i] * u[i];
-    return predux(padd(padd(c0, c1), padd(c2, c3))) + tail;
-}
-
 /// A 2×C tile of dot products Σ_i w_r(i) u_c(i) (r < 2, c < C <= 4): one packet of rows per
 /// step, each load of w or u feeding several FMAs; result[r·C + c]. Fixed summation order.
 template <int C>
@@ -273,7 +254,7 @@ void weighted_crossprod_block(const double* a, const double* const* u, Index row
                 dot4(weighted[0], u + l, c, r, i0);
                 for (Index t = 0; t < 4; ++t) put1(j, l + t, r[t]);
             }
-            for (; l < m; ++l) put1(j, l, dot1(weighted[0], u[l] + i0, c));
+            for (; l < m; ++l) put1(j, l, weighted_sum_block(weighted[0], u[l] + i0, c));
         }
     }
 }
@@ -300,7 +281,7 @@ void weighted_sumsq_block(const double* a, const double* const* u, Index rows, I
 void dot_columns_block(const double* const* u, Index nu, const double* b, Index rows, double* out) {
     Index j = 0;
     for (; j + 4 <= nu; j += 4) dot4(b, u + j, rows, out + j);
-    for (; j < nu; ++j) out[j] = dot1(b, u[j], rows);
+    for (; j < nu; ++j) out[j] = weighted_sum_block(b, u[j], rows);
 }
 
 void masked_weighted_sums_block(

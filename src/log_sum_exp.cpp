@@ -119,6 +119,16 @@ inline vu bits_of(vd x) { return std::bit_cast<vu>(x); }
 inline double from_bits(std::uint64_t b) { return std::bit_cast<double>(b); }
 inline vd from_bits(vu b) { return std::bit_cast<vd>(b); }
 
+/// Cody and Waite's reduction for the exponential: kd = x·scale + 1.5·2⁵² (the shifter leaves
+/// n = round(x·scale) in kd's low bits), and x − n/scale in two parts, hi (few enough
+/// significant bits that n·hi is exact) and lo. Returns the reduced argument r.
+template <class T> T cody_waite(T x, double scale, double hi, double lo, T& kd) {
+    constexpr double shifter = 0x1.8p52;
+    kd = madd(x, constant_like(x, scale), shifter);
+    const T n = kd - shifter;
+    return madd(-n, constant_like(x, lo), madd(-n, constant_like(x, hi), x));
+}
+
 #if defined(__AVX512F__)
 /// 2^(j/16), j = 0..15, correctly rounded (a wrong entry would fail the accuracy test of
 /// tests/log_sum_exp_test.cpp by far more than its bound).
@@ -146,12 +156,10 @@ inline vd exp2_sixteenth(vd, vu bits) {
 /// 4·10⁶ values (2.1 for the other form). The same bits in the vector and the scalar form.
 template <class T> T exp_core(T x) {
     constexpr double sixteen_log2e = 0x1.71547652b82fep4;
-    constexpr double shifter = 0x1.8p52;
     constexpr double ln2_hi = 0x1.62e42fee00000p-5; // ln 2 / 16 in two parts: n·ln2_hi is exact
     constexpr double ln2_lo = 0x1.a39ef35793c76p-37;
-    const T kd = madd(x, constant_like(x, sixteen_log2e), shifter);
-    const T n = kd - shifter;
-    const T r = madd(-n, constant_like(x, ln2_lo), madd(-n, constant_like(x, ln2_hi), x));
+    T kd;
+    const T r = cody_waite(x, sixteen_log2e, ln2_hi, ln2_lo, kd);
     const T r2 = r * r;
     const T r4 = r2 * r2;
     // e^r − 1 = r + r²(c2 + c3 r) + r⁴[(c4 + c5 r) + r²(c6 + c7 r)], c_k = 1/k!.
@@ -178,12 +186,10 @@ template <class T> T exp_core(T x) {
 /// checks the relative error over the whole range).
 template <class T> T exp_core(T x) {
     constexpr double log2e = 0x1.71547652b82fep0;
-    constexpr double shifter = 0x1.8p52;
     constexpr double ln2_hi = 0x1.62e42fee00000p-1; // 32 significant bits: n·ln2_hi is exact
     constexpr double ln2_lo = 0x1.a39ef35793c76p-33;
-    const T kd = madd(x, constant_like(x, log2e), shifter);
-    const T n = kd - shifter;
-    const T r = madd(-n, constant_like(x, ln2_lo), madd(-n, constant_like(x, ln2_hi), x));
+    T kd;
+    const T r = cody_waite(x, log2e, ln2_hi, ln2_lo, kd);
     const T r2 = r * r;
     const T r4 = r2 * r2;
     const T r8 = r4 * r4;
