@@ -168,10 +168,13 @@ template <class T> T exp_core(T x) {
     const T p67 = madd(r, constant_like(x, 1.0 / 5040.0), 1.0 / 720.0);
     const T q = madd(madd(p67, r2, p45), r4, madd(p23, r2, r));
     const auto bits = bits_of(kd);
-    const T t = exp2_sixteenth(x, bits);
     // kd's bits are those of 1.5·2⁵² (a multiple of 16) plus 16m + j: shifted right by four,
-    // their low 12 bits are m mod 2¹², and m + 1023 in [1, 2046] is the biased exponent of 2^m.
-    return madd(t, q, t) * from_bits(((bits >> 4) + 1023u) << 52);
+    // their low 12 bits are m mod 2¹²; shifted into the exponent field and added to the bits of
+    // t = 2^(j/16) in [1, 2) (exponent 1023) they make t·2^m (1023 + m in [1, 2046]: no carry
+    // into the sign). Then t·2^m + t·2^m·(e^r − 1) in one rounding: the bits of
+    // (t + t·(e^r − 1))·2^m, as the result is normal (x >= −708: m >= −1022 with j >= 9).
+    const T scaled = from_bits(bits_of(exp2_sixteenth(x, bits)) + ((bits >> 4) << 52));
+    return madd(scaled, q, scaled);
 }
 #else
 /// exp(x) for x in [−708, 709] (T = double, or a register of them as vd), builds without
@@ -208,9 +211,10 @@ template <class T> T exp_core(T x) {
     const T p07 = madd(p47, r4, p03);
     const T p813 = madd(p1213, r4, p811);
     const T p = madd(p813, r8, p07);
-    // The low 12 bits of kd's representation are n mod 2¹²; n + 1023 in [1, 2046] for x in
-    // [−708, 709] is the biased exponent of 2ⁿ.
-    return p * from_bits((bits_of(kd) + 1023u) << 52);
+    // The low 12 bits of kd's representation are n mod 2¹²: shifted into the exponent field and
+    // added to the bits of p = e^r in [2^−½, 2^½] (biased exponent 1022 or 1023) they make
+    // p·2ⁿ exactly, the result being normal for x in [−708, 709] (n in [−1021, 1023]).
+    return from_bits(bits_of(p) + (bits_of(kd) << 52));
 }
 
 #endif
