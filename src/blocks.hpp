@@ -300,6 +300,7 @@ struct StatisticsScratch {
     AlignedBuffer product;              ///< statistics_sub_block: a ∘ r_t
     std::vector<double> dots;           ///< p
     std::vector<const double*> resp_columns;     ///< K: h_k of a sub-block (one target)
+    std::vector<const double*> weight_columns;   ///< K: h_k of a block (the Gram's weights, unit w)
     std::vector<const double*> residual_columns; ///< K: r_k of a sub-block (one target)
     std::vector<double*> sums;                   ///< K: column p of each expert's slot
 };

@@ -517,6 +517,13 @@ void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Inde
     }
 }
 
+/// Whether every one of the n values is 1 (an integer reduction: vectorised, no early exit).
+bool all_ones(const double* w, Index n) {
+    unsigned other = 0;
+    for (Index i = 0; i < n; ++i) other |= w[i] != 1.0 ? 1u : 0u;
+    return other == 0;
+}
+
 /// a_i = w_i h_ik for the rows [begin, begin + rows) (h_ik = 1 when resp has no columns).
 void block_weights(const Dataset& data, const RespView& resp, Index k, Index begin, Index rows, double* a) {
     const double* w = data.weights.data() + begin;
@@ -572,12 +579,17 @@ void shifted_statistics_block(ExpertKind kind,
         for (Index l = 0; l < d; ++l)
             s.columns[static_cast<std::size_t>(1 + l)] = data.x.data() + l * data.x.outerStride() + b_begin;
         s.gram.resize(static_cast<std::size_t>(K * p * p));
+        // With unit sample weights a_k = 1 · h_k is h_k itself (the same bits): the kernel reads
+        // the responsibilities in place instead of a copy.
+        const bool unit = resp.h != nullptr && all_ones(data.weights.data() + b_begin, b_rows);
+        s.weight_columns.resize(static_cast<std::size_t>(K));
+        for (Index k = 0; k < K && unit; ++k) s.weight_columns[static_cast<std::size_t>(k)] = resp.column(k, b_begin);
         multi_crossprod_block(
             s.columns.data(), p, b_rows, K,
             [&](Index i0, Index count, double* const* c) {
                 for (Index k = 0; k < K; ++k) block_weights(data, resp, k, b_begin + i0, count, c[k]);
             },
-            s.gram.data());
+            s.gram.data(), unit ? s.weight_columns.data() : nullptr);
         for (Index k = 0; k < K; ++k)
             for (Index l = 0; l < p; ++l)
                 for (Index j = 0; j <= l; ++j) slot[k * m * m + j + l * m] += s.gram[static_cast<std::size_t>(k * p * p + j + l * p)];

@@ -196,7 +196,10 @@ struct Workspace {
     double* discard = nullptr;
 
     void prepare(Index P, Index P_padded, Index chunk, Index sums_count) {
-        coef.assign(static_cast<std::size_t>(P_padded * chunk), 0.0);
+        // The padded rows must be 0; the others are written by the fill before they are read.
+        const auto coef_size = static_cast<std::size_t>(P_padded * chunk);
+        if (coef.size() != coef_size) coef.assign(coef_size, 0.0);
+        std::fill(coef.begin() + P * chunk, coef.end(), 0.0);
         sums.assign(static_cast<std::size_t>((sums_count + max_tile_accumulators) * packet_size), 0.0);
         coef_rows.resize(static_cast<std::size_t>(P));
         for (Index p = 0; p < P; ++p) coef_rows[static_cast<std::size_t>(p)] = coef.data() + p * chunk;
@@ -223,13 +226,14 @@ namespace multi_crossprod_impl {
 
 /// The driver of both kernels: totals[p·E + e] = Σ_i c_p(i) a_e(i) b_e(i) (Products) or
 /// Σ_i c_p(i) a_e(i) over `rows` rows, for P weight rows and E entries (a[e], b[e]: column
-/// pointers). Chunks of rows get their weight rows from fill, register tiles accumulate per
+/// pointers). Chunks of rows get their weight rows from fill (or read them from the columns
+/// direct[p], when the caller has them in memory already), register tiles accumulate per
 /// SIMD lane across the whole call, the lanes are summed in order, then the rows past the last
 /// full packet are added one by one: each total depends only on its own entry, its weight row
 /// and the row count, never on the tile shape or on threads.
 template <bool Products, class Fill>
 void tiled_sums(const double* const* a, const double* const* b, Index E, Index rows, Index P, Fill fill,
-                double* totals) {
+                const double* const* direct, double* totals) {
     const auto& shape = [&]() -> const auto& {
         if constexpr (Products)
             return best_shape(P, E);
@@ -251,9 +255,10 @@ void tiled_sums(const double* const* a, const double* const* b, Index E, Index r
     double* sptr[max_tile_accumulators];
     for (Index i0 = 0; i0 < full_rows; i0 += chunk) {
         const Index c = std::min(chunk, full_rows - i0);
-        fill(i0, c, w.coef_rows.data());
+        if (direct == nullptr) fill(i0, c, w.coef_rows.data());
         for (Index p0 = 0; p0 < P_padded; p0 += PT) {
-            for (Index p = 0; p < PT; ++p) cptr[p] = coef + (p0 + p) * chunk;
+            for (Index p = 0; p < PT; ++p)
+                cptr[p] = direct != nullptr && p0 + p < P ? direct[p0 + p] + i0 : coef + (p0 + p) * chunk;
             for (Index e0 = 0; e0 < E; e0 += T) {
                 const Index width = std::min(T, E - e0); // the last tile of the row: the entries left
                 for (Index t = 0; t < width; ++t) {
@@ -280,9 +285,9 @@ void tiled_sums(const double* const* a, const double* const* b, Index E, Index r
             totals[p * E + e] = total;
         }
     for (Index i = full_rows; i < rows; ++i) {
-        fill(i, 1, w.coef_rows.data());
+        if (direct == nullptr) fill(i, 1, w.coef_rows.data());
         for (Index p = 0; p < P; ++p) {
-            const double ci = w.coef_rows[static_cast<std::size_t>(p)][0];
+            const double ci = direct != nullptr ? direct[p][i] : w.coef_rows[static_cast<std::size_t>(p)][0];
             for (Index e = 0; e < E; ++e) {
                 if constexpr (Products)
                     totals[p * E + e] += ci * (a[e][i] * b[e][i]);
@@ -299,9 +304,12 @@ void tiled_sums(const double* const* a, const double* const* b, Index E, Index r
 /// out[p·m·m + j + l·m] = Σ_i c_p(i) u_j(i) u_l(i) for p < P, j <= l < m, over `rows` rows of
 /// the m columns u (columns[j]); the strict lower triangles are not written. fill(i0, count,
 /// c) writes the P weight rows for rows [i0, i0 + count) to c[p][0 .. count) (it is called
-/// for chunks of whole packets, then once per remaining row with count 1).
+/// for chunks of whole packets, then once per remaining row with count 1). With `direct` (P
+/// pointers to columns of `rows` weights) the weights are read from there and fill is not
+/// called: no copy where the weights are in memory already.
 template <class Fill>
-void multi_crossprod_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out) {
+void multi_crossprod_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out,
+                           const double* const* direct = nullptr) {
     // The entries: the upper triangle by columns, as pairs of column pointers.
     thread_local std::vector<const double*> first;
     thread_local std::vector<const double*> second;
@@ -315,7 +323,7 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
         }
     const Index E = m * (m + 1) / 2;
     totals.resize(static_cast<std::size_t>(P * E));
-    multi_crossprod_impl::tiled_sums<true>(first.data(), second.data(), E, rows, P, fill, totals.data());
+    multi_crossprod_impl::tiled_sums<true>(first.data(), second.data(), E, rows, P, fill, direct, totals.data());
     for (Index p = 0; p < P; ++p) {
         Index e = 0;
         for (Index l = 0; l < m; ++l)
@@ -327,7 +335,7 @@ void multi_crossprod_block(const double* const* columns, Index m, Index rows, In
 /// (columns[j]); fill as for multi_crossprod_block, and the same summation order rules.
 template <class Fill>
 void multi_dot_block(const double* const* columns, Index m, Index rows, Index P, Fill fill, double* out) {
-    multi_crossprod_impl::tiled_sums<false>(columns, nullptr, m, rows, P, fill, out);
+    multi_crossprod_impl::tiled_sums<false>(columns, nullptr, m, rows, P, fill, nullptr, out);
 }
 
 } // namespace moekit::detail

@@ -314,6 +314,41 @@ TEST_CASE("linear experts solve the weighted normal equations with weights w_i h
     }
 }
 
+TEST_CASE("linear experts: blocks of unit weights (responsibilities read in place) and weighted blocks agree "
+          "with the weighted normal equations",
+          "[experts]") {
+    // The Gram of a block whose weights are all 1 reads h_k in place; a block with another
+    // weight forms w h_k: three blocks of 2048 rows and a tail, the second block weighted.
+    moekit::Rng rng(31);
+    const Index n = 3 * 2048 + 100;
+    const Index d = 3;
+    const Index K = 3;
+    const Matrix x = random_matrix(rng, n, d, 1.5);
+    Matrix y(n, 1);
+    for (Index i = 0; i < n; ++i)
+        y(i, 0) = 1.0 + 2.0 * x(i, 0) - x(i, 1) + 0.5 * x(i, 2) + 0.7 * moekit::standard_normal(rng);
+    moekit::Dataset data = moekit::make_dataset(y, x);
+    for (Index i = 2048; i < 4096; i += 7) data.weights(i) = 2.5;
+    data.weights(n - 3) = 0.25; // in the tail
+    const Matrix resp = random_resp(rng, n, K);
+    Matrix design(n, d + 1);
+    design.col(0).setOnes();
+    design.rightCols(d) = x;
+
+    Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, K, d, 1);
+    const moekit::ExpertUpdateReport report = moekit::update_experts(e, data, resp, no_ridge());
+    REQUIRE(report.kept.empty());
+    for (Index k = 0; k < K; ++k) {
+        INFO("expert " << k);
+        const Vector a = data.weights.cwiseProduct(resp.col(k));
+        const Matrix w = moekit_test::naive_weighted_least_squares(design, y, a);
+        for (Index r = 0; r < d + 1; ++r)
+            REQUIRE(e.coefficients[k](r, 0) == Approx(w(r, 0)).epsilon(1e-10).margin(1e-12));
+        const Matrix cov = moekit_test::naive_weighted_covariance(y - design * w, a);
+        REQUIRE(e.covariances[k].covariance(0, 0) == Approx(cov(0, 0)).epsilon(1e-10));
+    }
+}
+
 TEST_CASE("a sample weight of 2 equals duplicating the row", "[experts]") {
     moekit::Rng rng(15);
     const Index n = 15;
