@@ -517,6 +517,77 @@ void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Inde
     }
 }
 
+/// The most targets of a Gaussian expert whose statistics gaussian_sums forms in registers.
+constexpr Index gaussian_sums_max_targets = 4;
+
+/// The statistics of one Gaussian expert with Q targets over `rows` rows, added to out (m×m,
+/// m = Q + 1, column-major): the upper triangle of [1 r]ᵀ diag(a) [1 r] with r_t = y_t − μ_t
+/// formed in registers (Diagonal: its first row and its diagonal), a = w·h (Weighted) or the
+/// one column `a` (h alone with unit sample weights, w alone without responsibilities). No
+/// residuals or weights are stored: the passes over a block are bound by their stores, not
+/// by their arithmetic. Packet accumulators (two sets while they fit the registers) over the
+/// block, summed once; the rows past the last packet after them, in order. The residuals,
+/// a·r_t and the FMAs are those of the stored form (residuals_block, weighted_crossprod_block).
+template <int Q, bool Diagonal, bool Weighted>
+void gaussian_sums(const double* w, const double* a, const double* const* y, const double* mu, Index rows, double* out) {
+    using namespace Eigen::internal;
+    constexpr int E = Diagonal ? 1 + 2 * Q : 1 + Q + Q * (Q + 1) / 2;
+    constexpr int sets = E <= 10 ? 2 : 1;
+    constexpr Index m = Q + 1;
+    Packet acc[sets][E];
+    for (auto& set : acc)
+        for (auto& v : set) v = pset1<Packet>(0.0);
+    Packet means[Q];
+    for (int t = 0; t < Q; ++t) means[t] = pset1<Packet>(mu[t]);
+    auto step = [&](Packet(&sums)[E], Index i) {
+        const Packet av = Weighted ? pmul(ploadu<Packet>(w + i), ploadu<Packet>(a + i)) : ploadu<Packet>(a + i);
+        Packet r[Q];
+        Packet ar[Q];
+        for (int t = 0; t < Q; ++t) {
+            r[t] = psub(ploadu<Packet>(y[t] + i), means[t]);
+            ar[t] = pmul(av, r[t]);
+        }
+        int e = 0;
+        sums[e] = padd(sums[e], av);
+        ++e;
+        for (int t = 0; t < Q; ++t, ++e) sums[e] = pmadd(av, r[t], sums[e]);
+        for (int t = 0; t < Q; ++t)
+            for (int u = t; u < (Diagonal ? t + 1 : Q); ++u, ++e) sums[e] = pmadd(ar[t], r[u], sums[e]);
+    };
+    Index i = 0;
+    for (; i + sets * packet_size <= rows; i += sets * packet_size)
+        for (int set = 0; set < sets; ++set) step(acc[set], i + set * packet_size);
+    for (; i + packet_size <= rows; i += packet_size) step(acc[0], i);
+    double total[E];
+    for (int e = 0; e < E; ++e) total[e] = predux(sets == 2 ? padd(acc[0][e], acc[sets - 1][e]) : acc[0][e]);
+    for (; i < rows; ++i) {
+        const double ai = Weighted ? w[i] * a[i] : a[i];
+        double r[Q];
+        for (int t = 0; t < Q; ++t) r[t] = y[t][i] - mu[t];
+        int e = 0;
+        total[e++] += ai;
+        for (int t = 0; t < Q; ++t) total[e++] += ai * r[t];
+        for (int t = 0; t < Q; ++t)
+            for (int u = t; u < (Diagonal ? t + 1 : Q); ++u) total[e++] += (ai * r[t]) * r[u];
+    }
+    int e = 0;
+    out[0] += total[e++];
+    for (int t = 0; t < Q; ++t) out[(t + 1) * m] += total[e++];
+    for (int t = 0; t < Q; ++t)
+        for (int u = t; u < (Diagonal ? t + 1 : Q); ++u) out[(t + 1) + (u + 1) * m] += total[e++];
+}
+
+using GaussianSums = void (*)(const double*, const double*, const double* const*, const double*, Index, double*);
+
+template <int Q> constexpr std::array<GaussianSums, 4> gaussian_sums_forms() {
+    return {gaussian_sums<Q, false, false>, gaussian_sums<Q, false, true>, gaussian_sums<Q, true, false>,
+            gaussian_sums<Q, true, true>};
+}
+
+/// gaussian_sums by Q − 1, then by diagonal · 2 + weighted.
+constexpr std::array<std::array<GaussianSums, 4>, gaussian_sums_max_targets> gaussian_sums_table = {
+    gaussian_sums_forms<1>(), gaussian_sums_forms<2>(), gaussian_sums_forms<3>(), gaussian_sums_forms<4>()};
+
 /// Whether every one of the n values is 1 (an integer reduction: vectorised, no early exit).
 bool all_ones(const double* w, Index n) {
     unsigned other = 0;
@@ -665,9 +736,26 @@ void shifted_statistics_block(ExpertKind kind,
         }
         return;
     }
-    // Gaussian experts (the design is the column of ones): sub-blocks of statistics_sub_block
-    // rows, whose residuals and weights stay in L1 between being formed and being read by the
-    // cross products (a whole block's would live in L2).
+    if (q <= gaussian_sums_max_targets) {
+        // Up to four targets: each expert's sums in registers over the whole block
+        // (gaussian_sums), the residuals and the weights never stored.
+        const double* w = data.weights.data() + b_begin;
+        const bool unit = all_ones(w, b_rows);
+        s.columns.resize(std::max<std::size_t>(s.columns.size(), static_cast<std::size_t>(q)));
+        for (Index t = 0; t < q; ++t)
+            s.columns[static_cast<std::size_t>(t)] = data.y.data() + t * data.y.outerStride() + b_begin;
+        for (Index k = 0; k < K; ++k) {
+            const double* h = resp.h ? resp.column(k, b_begin) : nullptr;
+            const bool weighted = h != nullptr && !unit;
+            const double* a = h != nullptr ? h : w;
+            gaussian_sums_table[static_cast<std::size_t>(q - 1)][(diagonal_only ? 2 : 0) + (weighted ? 1 : 0)](
+                w, a, s.columns.data(), coefficients[static_cast<std::size_t>(k)].data(), b_rows, slot + k * m * m);
+        }
+        return;
+    }
+    // Gaussian experts with more targets (the design is the column of ones): sub-blocks of
+    // statistics_sub_block rows, whose residuals and weights stay in L1 between being formed
+    // and being read by the cross products (a whole block's would live in L2).
     double* r = s.residuals.data();
     const Index ldr = s.residuals.outerStride();
     for (Index first = 0; first < b_rows; first += statistics_sub_block) {

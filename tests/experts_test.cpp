@@ -220,6 +220,57 @@ TEST_CASE("soft-responsibility M-step with sample weights matches the weighted f
     }
 }
 
+TEST_CASE("Gaussian M-step statistics in registers (1-4 targets) and stored (5): every covariance type, "
+          "unit and weighted blocks, against the weighted formulas",
+          "[experts]") {
+    // Two blocks of 2048 rows and a tail of 45 (not a whole packet), the data far from the
+    // origin (the statistics are sums around the current means); the second block weighted.
+    moekit::Rng rng(32);
+    const Index n = 2 * 2048 + 45;
+    const Index K = 3;
+    for (Index q = 1; q <= 5; ++q) {
+        for (bool weighted : {false, true}) {
+            INFO("q = " << q << (weighted ? ", weighted" : ", unit weights"));
+            Matrix y = random_matrix(rng, n, q, 2.0);
+            y.array() += 100.0;
+            moekit::Dataset data = moekit::make_dataset(y);
+            if (weighted)
+                for (Index i = 2048; i < 4096; i += 3) data.weights(i) = 0.5 + 1.5 * moekit::uniform01(rng);
+            const Matrix resp = random_resp(rng, n, K);
+            std::vector<RowVector> means;
+            std::vector<Matrix> full;
+            Matrix tied = Matrix::Zero(q, q);
+            for (Index k = 0; k < K; ++k) {
+                const Vector a = data.weights.cwiseProduct(resp.col(k));
+                means.push_back(moekit_test::naive_weighted_mean(y, a));
+                full.push_back(moekit_test::naive_weighted_covariance(y.rowwise() - means.back(), a));
+                tied += a.sum() * full.back();
+            }
+            tied /= data.weights.sum();
+            for (CovarianceType type :
+                 {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
+                INFO("covariance type " << moekit::to_string(type));
+                Experts e = make_experts(ExpertKind::Gaussian, type, K, 0, q);
+                moekit::update_experts(e, data, resp, no_ridge());
+                for (Index k = 0; k < K; ++k) {
+                    INFO("expert " << k);
+                    for (Index j = 0; j < q; ++j)
+                        REQUIRE(e.coefficients[k](0, j) == Approx(means[k](j)).epsilon(1e-12));
+                    Matrix expected = full[k];
+                    if (type == CovarianceType::Tied) expected = tied;
+                    if (type == CovarianceType::Diag) expected = Matrix(full[k].diagonal().asDiagonal());
+                    if (type == CovarianceType::Spherical)
+                        expected = (full[k].trace() / static_cast<double>(q)) * Matrix::Identity(q, q);
+                    const Matrix& got = e.covariances[k].covariance;
+                    for (Index a = 0; a < q; ++a)
+                        for (Index b = 0; b < q; ++b)
+                            REQUIRE(got(a, b) == Approx(expected(a, b)).epsilon(1e-10).margin(1e-12));
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("reg_covar adds reg_covar times the scale to the diagonal", "[experts]") {
     moekit::Rng rng(13);
     const Index n = 40;
