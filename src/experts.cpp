@@ -517,8 +517,10 @@ void residuals_block(ExpertKind kind, const Dataset& data, const Matrix& w, Inde
     }
 }
 
-/// The most targets of a Gaussian expert whose statistics gaussian_sums forms in registers.
+/// The most targets of a Gaussian expert whose statistics gaussian_sums forms in registers:
+/// 1 + Q + Q(Q + 1)/2 accumulators with a full covariance, 1 + 2Q with a diagonal one.
 constexpr Index gaussian_sums_max_targets = 4;
+constexpr Index gaussian_sums_max_diagonal_targets = 12;
 
 /// The statistics of one Gaussian expert with Q targets over `rows` rows, added to out (m×m,
 /// m = Q + 1, column-major): the upper triangle of [1 r]ᵀ diag(a) [1 r] with r_t = y_t − μ_t
@@ -579,14 +581,16 @@ void gaussian_sums(const double* w, const double* a, const double* const* y, con
 
 using GaussianSums = void (*)(const double*, const double*, const double* const*, const double*, Index, double*);
 
-template <int Q> constexpr std::array<GaussianSums, 4> gaussian_sums_forms() {
-    return {gaussian_sums<Q, false, false>, gaussian_sums<Q, false, true>, gaussian_sums<Q, true, false>,
-            gaussian_sums<Q, true, true>};
+template <bool Diagonal, int... Q>
+constexpr std::array<std::array<GaussianSums, 2>, sizeof...(Q)> gaussian_sums_forms(std::integer_sequence<int, Q...>) {
+    return {std::array<GaussianSums, 2>{gaussian_sums<Q + 1, Diagonal, false>, gaussian_sums<Q + 1, Diagonal, true>}...};
 }
 
-/// gaussian_sums by Q − 1, then by diagonal · 2 + weighted.
-constexpr std::array<std::array<GaussianSums, 4>, gaussian_sums_max_targets> gaussian_sums_table = {
-    gaussian_sums_forms<1>(), gaussian_sums_forms<2>(), gaussian_sums_forms<3>(), gaussian_sums_forms<4>()};
+/// gaussian_sums by Q − 1, then by weighted: full and diagonal statistics.
+constexpr auto gaussian_sums_full =
+    gaussian_sums_forms<false>(std::make_integer_sequence<int, gaussian_sums_max_targets>{});
+constexpr auto gaussian_sums_diagonal =
+    gaussian_sums_forms<true>(std::make_integer_sequence<int, gaussian_sums_max_diagonal_targets>{});
 
 /// Whether every one of the n values is 1 (an integer reduction: vectorised, no early exit).
 bool all_ones(const double* w, Index n) {
@@ -736,9 +740,9 @@ void shifted_statistics_block(ExpertKind kind,
         }
         return;
     }
-    if (q <= gaussian_sums_max_targets) {
-        // Up to four targets: each expert's sums in registers over the whole block
-        // (gaussian_sums), the residuals and the weights never stored.
+    if (q <= (diagonal_only ? gaussian_sums_max_diagonal_targets : gaussian_sums_max_targets)) {
+        // Up to four targets (twelve with diagonal statistics): each expert's sums in registers
+        // over the whole block (gaussian_sums), the residuals and the weights never stored.
         const double* w = data.weights.data() + b_begin;
         const bool unit = all_ones(w, b_rows);
         s.columns.resize(std::max<std::size_t>(s.columns.size(), static_cast<std::size_t>(q)));
@@ -748,8 +752,10 @@ void shifted_statistics_block(ExpertKind kind,
             const double* h = resp.h ? resp.column(k, b_begin) : nullptr;
             const bool weighted = h != nullptr && !unit;
             const double* a = h != nullptr ? h : w;
-            gaussian_sums_table[static_cast<std::size_t>(q - 1)][(diagonal_only ? 2 : 0) + (weighted ? 1 : 0)](
-                w, a, s.columns.data(), coefficients[static_cast<std::size_t>(k)].data(), b_rows, slot + k * m * m);
+            const auto& forms = diagonal_only ? gaussian_sums_diagonal[static_cast<std::size_t>(q - 1)]
+                                              : gaussian_sums_full[static_cast<std::size_t>(q - 1)];
+            forms[weighted ? 1 : 0](w, a, s.columns.data(), coefficients[static_cast<std::size_t>(k)].data(), b_rows,
+                                    slot + k * m * m);
         }
         return;
     }

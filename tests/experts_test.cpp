@@ -220,15 +220,15 @@ TEST_CASE("soft-responsibility M-step with sample weights matches the weighted f
     }
 }
 
-TEST_CASE("Gaussian M-step statistics in registers (1-4 targets) and stored (5): every covariance type, "
-          "unit and weighted blocks, against the weighted formulas",
+TEST_CASE("Gaussian M-step statistics in registers (full: 1-4 targets, diagonal: 1-12) and stored (more): "
+          "every covariance type, unit and weighted blocks, against the weighted formulas",
           "[experts]") {
     // Two blocks of 2048 rows and a tail of 45 (not a whole packet), the data far from the
     // origin (the statistics are sums around the current means); the second block weighted.
     moekit::Rng rng(32);
     const Index n = 2 * 2048 + 45;
     const Index K = 3;
-    for (Index q = 1; q <= 5; ++q) {
+    for (Index q : {1, 2, 3, 4, 5, 12, 13}) {
         for (bool weighted : {false, true}) {
             INFO("q = " << q << (weighted ? ", weighted" : ", unit weights"));
             Matrix y = random_matrix(rng, n, q, 2.0);
