@@ -18,7 +18,8 @@
 #   --work DIR        data, tools and results (default /tmp/moekit-bench)
 #   --build DIR       moekit build directory (default <repo>/build-bench)
 #   --only LIST       comma-separated groups to run: gmm_D10_full, gmm_D10_diag, gmm_D2_full,
-#                     gmm_D2_diag, moe_softmax, hme, mixreg, scaling, kernels (default: all)
+#                     gmm_D2_diag, moe_softmax, hme, mixreg, scaling, iteration, kernels
+#                     (default: all)
 #   --max-load L      before each run, wait until the 1-minute load average is below L
 #                     (default 1.5 on this 2-core machine)
 #   --max-wait S      wait at most S seconds for that (default 120), then run anyway
@@ -182,6 +183,33 @@ if want scaling; then
     done
 fi
 
+# ---- 8b. The cost of one more iteration, and its thread scaling (moekit) ----------------------
+# A fit of IT iterations also pays once for what does not repeat: the first touch of the n×K
+# responsibilities it returns (page faults, which this machine does not overlap across threads:
+# docs/performance.md), the final E-step and the first pass's work space. The same fits with
+# IT_LONG iterations give the cost of one more iteration, (S(IT_LONG) − S(IT)) / (IT_LONG − IT),
+# and its speed-up on all cores; the table below the main one prints both speed-ups.
+IT_LONG=25
+if want iteration; then
+    echo "== iteration (moekit, $IT and $IT_LONG iterations)"
+    for r in $(seq 1 "$RUNS"); do
+        for t in 1 "$ALL_THREADS"; do
+            for its in $IT $IT_LONG; do
+                for D in 10 2; do
+                    for cov in full diag; do
+                        once "gmm_D${D}_${cov}" "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/gmm_D$D" 1000000 "$cov" constant $its
+                    done
+                done
+                once moe_softmax_1e6 "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/moe_1e6" 1000000 full softmax $its
+                once moe_softmax_1e5 "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/moe_1e5" 100000 full softmax $its
+                once hme_2x2_1e6 "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/moe_1e6" 1000000 full tree $its
+                once mixreg_1e6 "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/mixreg_1e6" 1000000 full constant $its
+                once mixreg_1e5 "moekit_it$its" "$t" "$r" "$B/moekit_em_bench" "$WORK/mixreg_1e5" 100000 full constant $its
+            done
+        done
+    done
+fi
+
 # ---- 9. The table ----------------------------------------------------------------------------
 "$PYTHON" - "$RAW" "$ALL_THREADS" << 'EOF' | tee "$WORK/results.md"
 import re, statistics, sys
@@ -199,6 +227,8 @@ moekit = {(c, t): med(runs, "seconds_per_iteration") for (c, tool, t), runs in r
 print("| case | tool | threads | runs | s/iteration (median) | CPU s/iteration | peer / moekit (same threads) | peer / moekit (moekit %s threads) | log-likelihood | peak RSS (MB) | load (1-min) per run |" % all_threads)
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for (case, tool, threads), runs in sorted(rows.items()):
+    if tool.startswith("moekit_it"):
+        continue  # section 8b: the table below
     s = med(runs, "seconds_per_iteration")
     same = moekit.get((case, threads))
     best = moekit.get((case, all_threads))
@@ -207,6 +237,24 @@ for (case, tool, threads), runs in sorted(rows.items()):
     print("| %s | %s | %s | %d | %.4g | %.4g | %s | %s | %s | %.0f | %s |"
           % (case, tool, threads, len(runs), s, med(runs, "cpu_seconds_per_iteration"), r1, r2,
              runs[-1]["loglik"], med(runs, "peak_rss_kb") / 1024.0, "/".join(r["load"] for r in runs)))
+# The cost of one more iteration (section 8b): from the medians of the whole-fit seconds.
+short = [k for k in rows if k[1].startswith("moekit_it")]
+its = sorted({int(k[1][len("moekit_it"):]) for k in short})
+if len(its) == 2:
+    a, b = its
+    print()
+    print("| case | s/iteration over %d iterations, 1 / %s threads | speed-up | s per added iteration (%d → %d), 1 / %s threads | speed-up |" % (a, all_threads, a, b, all_threads))
+    print("|---|---|---|---|---|")
+    for case in sorted({k[0] for k in short}):
+        def total(its_, t):
+            runs = rows.get((case, "moekit_it%d" % its_, t))
+            return None if runs is None else med(runs, "seconds")
+        vals = [total(i, t) for i in (a, b) for t in ("1", all_threads)]
+        if None in vals:
+            continue
+        s1, sT, l1, lT = vals
+        m1, mT = (l1 - s1) / (b - a), (lT - sT) / (b - a)
+        print("| %s | %.4g / %.4g | %.2f | %.4g / %.4g | %.2f |" % (case, s1 / a, sT / a, s1 / sT, m1, mT, m1 / mT))
 EOF
 
 # ---- 10. Kernels and the CSV reader ------------------------------------------------------------
