@@ -240,6 +240,8 @@ for (case, tool, threads), runs in sorted(rows.items()):
 # The cost of one more iteration (section 8b): from the medians of the whole-fit seconds.
 short = [k for k in rows if k[1].startswith("moekit_it")]
 its = sorted({int(k[1][len("moekit_it"):]) for k in short})
+if short and len(its) != 2:
+    print("(section 8b: expected runs of two iteration counts, found %s)" % its)
 if len(its) == 2:
     a, b = its
     print()
@@ -251,6 +253,8 @@ if len(its) == 2:
             return None if runs is None else med(runs, "seconds")
         vals = [total(i, t) for i in (a, b) for t in ("1", all_threads)]
         if None in vals:
+            print("| %s | (incomplete: a run of %d or %d iterations at 1 or %s threads failed) | | | |"
+                  % (case, a, b, all_threads))
             continue
         s1, sT, l1, lT = vals
         m1, mT = (l1 - s1) / (b - a), (lT - sT) / (b - a)

@@ -527,14 +527,21 @@ constexpr Index gaussian_sums_max_diagonal_targets = 12;
 /// formed in registers (Diagonal: its first row and its diagonal), a = w·h (Weighted) or the
 /// one column `a` (h alone with unit sample weights, w alone without responsibilities). No
 /// residuals or weights are stored: the passes over a block are bound by their stores, not
-/// by their arithmetic. Packet accumulators (two sets while they fit the registers) over the
-/// block, summed once; the rows past the last packet after them, in order. The residuals,
-/// a·r_t and the FMAs are those of the stored form (residuals_block, weighted_crossprod_block).
+/// by their arithmetic. Packet accumulators over the block (two sets where both sets, the
+/// means and a row's values fit in the vector registers: 32 with AVX-512, 16 otherwise),
+/// summed once; the rows past the last packet after them, in order, with the same
+/// multiply-adds (fused_madd). The residuals, a·r_t and the FMAs are those of the stored form
+/// (residuals_block, weighted_crossprod_block).
 template <int Q, bool Diagonal, bool Weighted>
 void gaussian_sums(const double* w, const double* a, const double* const* y, const double* mu, Index rows, double* out) {
     using namespace Eigen::internal;
     constexpr int E = Diagonal ? 1 + 2 * Q : 1 + Q + Q * (Q + 1) / 2;
-    constexpr int sets = E <= 10 ? 2 : 1;
+#ifdef __AVX512F__
+    constexpr int registers = 32;
+#else
+    constexpr int registers = 16;
+#endif
+    constexpr int sets = 2 * E + 3 * Q + 1 <= registers ? 2 : 1;
     constexpr Index m = Q + 1;
     Packet acc[sets][E];
     for (auto& set : acc)
@@ -568,9 +575,9 @@ void gaussian_sums(const double* w, const double* a, const double* const* y, con
         for (int t = 0; t < Q; ++t) r[t] = y[t][i] - mu[t];
         int e = 0;
         total[e++] += ai;
-        for (int t = 0; t < Q; ++t) total[e++] += ai * r[t];
+        for (int t = 0; t < Q; ++t, ++e) total[e] = fused_madd(ai, r[t], total[e]);
         for (int t = 0; t < Q; ++t)
-            for (int u = t; u < (Diagonal ? t + 1 : Q); ++u) total[e++] += (ai * r[t]) * r[u];
+            for (int u = t; u < (Diagonal ? t + 1 : Q); ++u, ++e) total[e] = fused_madd(ai * r[t], r[u], total[e]);
     }
     int e = 0;
     out[0] += total[e++];
@@ -740,12 +747,12 @@ void shifted_statistics_block(ExpertKind kind,
         }
         return;
     }
-    if (q <= (diagonal_only ? gaussian_sums_max_diagonal_targets : gaussian_sums_max_targets)) {
+    if (q >= 1 && q <= (diagonal_only ? gaussian_sums_max_diagonal_targets : gaussian_sums_max_targets)) {
         // Up to four targets (twelve with diagonal statistics): each expert's sums in registers
         // over the whole block (gaussian_sums), the residuals and the weights never stored.
         const double* w = data.weights.data() + b_begin;
         const bool unit = all_ones(w, b_rows);
-        s.columns.resize(std::max<std::size_t>(s.columns.size(), static_cast<std::size_t>(q)));
+        assert(s.columns.size() >= static_cast<std::size_t>(q)); // make_statistics_scratch: p + q
         for (Index t = 0; t < q; ++t)
             s.columns[static_cast<std::size_t>(t)] = data.y.data() + t * data.y.outerStride() + b_begin;
         for (Index k = 0; k < K; ++k) {

@@ -169,10 +169,11 @@ template <class T> T exp_core(T x) {
     const T q = madd(madd(p67, r2, p45), r4, madd(p23, r2, r));
     const auto bits = bits_of(kd);
     // kd's bits are those of 1.5·2⁵² (a multiple of 16) plus 16m + j: shifted right by four,
-    // their low 12 bits are m mod 2¹²; shifted into the exponent field and added to the bits of
-    // t = 2^(j/16) in [1, 2) (exponent 1023) they make t·2^m (1023 + m in [1, 2046]: no carry
-    // into the sign). Then t·2^m + t·2^m·(e^r − 1) in one rounding: the bits of
-    // (t + t·(e^r − 1))·2^m, as the result is normal (x >= −708: m >= −1022 with j >= 9).
+    // their low 12 bits are m mod 2¹²; shifted into the exponent field and added, mod 2⁶⁴, to
+    // the bits of t = 2^(j/16) in [1, 2) (exponent 1023) they make t·2^m (exponent field
+    // 1023 + m in [1, 2046], sign 0). Then t·2^m + t·2^m·(e^r − 1) in one rounding: the bits of
+    // (t + t·(e^r − 1))·2^m, as the result is normal (x >= −708: m >= −1022 with j >= 9). A NaN
+    // x (whose payload ends up in `scaled`) still gives NaN: e^r − 1 is NaN.
     const T scaled = from_bits(bits_of(exp2_sixteenth(x, bits)) + ((bits >> 4) << 52));
     return madd(scaled, q, scaled);
 }
@@ -211,10 +212,11 @@ template <class T> T exp_core(T x) {
     const T p07 = madd(p47, r4, p03);
     const T p813 = madd(p1213, r4, p811);
     const T p = madd(p813, r8, p07);
-    // The low 12 bits of kd's representation are n mod 2¹²: shifted into the exponent field and
-    // added to the bits of p = e^r in [2^−½, 2^½] (biased exponent 1022 or 1023) they make
-    // p·2ⁿ exactly, the result being normal for x in [−708, 709] (n in [−1021, 1023]).
-    return from_bits(bits_of(p) + (bits_of(kd) << 52));
+    // The low 12 bits of kd's representation are n mod 2¹², and n + 1023 in [1, 2046] for x in
+    // [−708, 709] is the biased exponent of 2ⁿ. A multiplication, not an addition into p's
+    // exponent bits: for a NaN x those low bits are the NaN's payload, which added into p
+    // (NaN) would carry through its exponent and leave a finite number.
+    return p * from_bits((bits_of(kd) + 1023u) << 52);
 }
 
 #endif

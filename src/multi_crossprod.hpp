@@ -196,7 +196,9 @@ struct Workspace {
     double* discard = nullptr;
 
     void prepare(Index P, Index P_padded, Index chunk, Index sums_count) {
-        // The padded rows must be 0; the others are written by the fill before they are read.
+        // The padded rows' tiles write to `discard` only; they are zeroed so that what those
+        // tiles read stays finite and normal (no slow subnormal or NaN arithmetic). The other
+        // rows are written by the fill before they are read.
         const auto coef_size = static_cast<std::size_t>(P_padded * chunk);
         if (coef.size() != coef_size) coef.assign(coef_size, 0.0);
         std::fill(coef.begin() + P * chunk, coef.end(), 0.0);

@@ -223,10 +223,13 @@ TEST_CASE("soft-responsibility M-step with sample weights matches the weighted f
 TEST_CASE("Gaussian M-step statistics in registers (full: 1-4 targets, diagonal: 1-12) and stored (more): "
           "every covariance type, unit and weighted blocks, against the weighted formulas",
           "[experts]") {
-    // Two blocks of 2048 rows and a tail of 45 (not a whole packet), the data far from the
-    // origin (the statistics are sums around the current means); the second block weighted.
+    // Sample blocks are 4096 rows: two whole blocks and a tail block of 47 rows (not a whole
+    // packet, nor a whole pair of packets). The data sit at 100 ± 2 and the experts start near
+    // them (100 + 0.1 k), so the statistics around the current means are used as they are (no
+    // exact second pass, which a far start would trigger). Weighted: the second block has
+    // every third weight ≠ 1 and the tail block all of them; unit: every weight 1.
     moekit::Rng rng(32);
-    const Index n = 2 * 2048 + 45;
+    const Index n = 2 * 4096 + 47;
     const Index K = 3;
     for (Index q : {1, 2, 3, 4, 5, 12, 13}) {
         for (bool weighted : {false, true}) {
@@ -234,8 +237,10 @@ TEST_CASE("Gaussian M-step statistics in registers (full: 1-4 targets, diagonal:
             Matrix y = random_matrix(rng, n, q, 2.0);
             y.array() += 100.0;
             moekit::Dataset data = moekit::make_dataset(y);
-            if (weighted)
-                for (Index i = 2048; i < 4096; i += 3) data.weights(i) = 0.5 + 1.5 * moekit::uniform01(rng);
+            if (weighted) {
+                for (Index i = 4096; i < 8192; i += 3) data.weights(i) = 0.5 + 1.5 * moekit::uniform01(rng);
+                for (Index i = 8192; i < n; ++i) data.weights(i) = 0.5 + 1.5 * moekit::uniform01(rng);
+            }
             const Matrix resp = random_resp(rng, n, K);
             std::vector<RowVector> means;
             std::vector<Matrix> full;
@@ -251,6 +256,8 @@ TEST_CASE("Gaussian M-step statistics in registers (full: 1-4 targets, diagonal:
                  {CovarianceType::Full, CovarianceType::Diag, CovarianceType::Spherical, CovarianceType::Tied}) {
                 INFO("covariance type " << moekit::to_string(type));
                 Experts e = make_experts(ExpertKind::Gaussian, type, K, 0, q);
+                for (Index k = 0; k < K; ++k)
+                    e.coefficients[k].setConstant(100.0 + 0.1 * static_cast<double>(k));
                 moekit::update_experts(e, data, resp, no_ridge());
                 for (Index k = 0; k < K; ++k) {
                     INFO("expert " << k);
@@ -369,34 +376,39 @@ TEST_CASE("linear experts: blocks of unit weights (responsibilities read in plac
           "with the weighted normal equations",
           "[experts]") {
     // The Gram of a block whose weights are all 1 reads h_k in place; a block with another
-    // weight forms w h_k: three blocks of 2048 rows and a tail, the second block weighted.
+    // weight forms w h_k. Sample blocks are 4096 rows: one whole block and a tail block of 45
+    // rows (not a whole packet). Mixed: weights ≠ 1 in the first block only, so the tail block
+    // is read in place; unit: every block. K = 5 pads the tile rows of the 16-register builds.
     moekit::Rng rng(31);
-    const Index n = 3 * 2048 + 100;
+    const Index n = 4096 + 45;
     const Index d = 3;
-    const Index K = 3;
-    const Matrix x = random_matrix(rng, n, d, 1.5);
-    Matrix y(n, 1);
-    for (Index i = 0; i < n; ++i)
-        y(i, 0) = 1.0 + 2.0 * x(i, 0) - x(i, 1) + 0.5 * x(i, 2) + 0.7 * moekit::standard_normal(rng);
-    moekit::Dataset data = moekit::make_dataset(y, x);
-    for (Index i = 2048; i < 4096; i += 7) data.weights(i) = 2.5;
-    data.weights(n - 3) = 0.25; // in the tail
-    const Matrix resp = random_resp(rng, n, K);
-    Matrix design(n, d + 1);
-    design.col(0).setOnes();
-    design.rightCols(d) = x;
+    const Index K = 5;
+    for (bool mixed : {true, false}) {
+        INFO((mixed ? "first block weighted" : "unit weights"));
+        const Matrix x = random_matrix(rng, n, d, 1.5);
+        Matrix y(n, 1);
+        for (Index i = 0; i < n; ++i)
+            y(i, 0) = 1.0 + 2.0 * x(i, 0) - x(i, 1) + 0.5 * x(i, 2) + 0.7 * moekit::standard_normal(rng);
+        moekit::Dataset data = moekit::make_dataset(y, x);
+        if (mixed)
+            for (Index i = 0; i < 4096; i += 7) data.weights(i) = 2.5;
+        const Matrix resp = random_resp(rng, n, K);
+        Matrix design(n, d + 1);
+        design.col(0).setOnes();
+        design.rightCols(d) = x;
 
-    Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, K, d, 1);
-    const moekit::ExpertUpdateReport report = moekit::update_experts(e, data, resp, no_ridge());
-    REQUIRE(report.kept.empty());
-    for (Index k = 0; k < K; ++k) {
-        INFO("expert " << k);
-        const Vector a = data.weights.cwiseProduct(resp.col(k));
-        const Matrix w = moekit_test::naive_weighted_least_squares(design, y, a);
-        for (Index r = 0; r < d + 1; ++r)
-            REQUIRE(e.coefficients[k](r, 0) == Approx(w(r, 0)).epsilon(1e-10).margin(1e-12));
-        const Matrix cov = moekit_test::naive_weighted_covariance(y - design * w, a);
-        REQUIRE(e.covariances[k].covariance(0, 0) == Approx(cov(0, 0)).epsilon(1e-10));
+        Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, K, d, 1);
+        const moekit::ExpertUpdateReport report = moekit::update_experts(e, data, resp, no_ridge());
+        REQUIRE(report.kept.empty());
+        for (Index k = 0; k < K; ++k) {
+            INFO("expert " << k);
+            const Vector a = data.weights.cwiseProduct(resp.col(k));
+            const Matrix w = moekit_test::naive_weighted_least_squares(design, y, a);
+            for (Index r = 0; r < d + 1; ++r)
+                REQUIRE(e.coefficients[k](r, 0) == Approx(w(r, 0)).epsilon(1e-10).margin(1e-12));
+            const Matrix cov = moekit_test::naive_weighted_covariance(y - design * w, a);
+            REQUIRE(e.covariances[k].covariance(0, 0) == Approx(cov(0, 0)).epsilon(1e-10));
+        }
     }
 }
 

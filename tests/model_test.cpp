@@ -12,7 +12,9 @@
 #include <boost/math/distributions/normal.hpp>
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <variant>
 #include <vector>
@@ -422,5 +424,26 @@ TEST_CASE("e_step_probabilities: routed-away experts get exactly 0, an impossibl
         if (i == 17) continue;
         REQUIRE(log_norm(i) == log_norm_clean(i));
         for (Index k = 0; k < 3; ++k) REQUIRE(h(i, k) == h_clean(i, k));
+    }
+}
+
+TEST_CASE("e_step_probabilities: a NaN with a payload (R's NA) in a mean stays NaN", "[model]") {
+    // A NaN's low bits travel with it through arithmetic; R's NA is such a NaN. The expert whose
+    // mean is one makes every row's log joint NaN in that column, so every row goes through the
+    // reference path, where NaN must propagate whatever the payload: exp(NaN) is NaN.
+    for (const std::uint64_t bits : {std::uint64_t{0x7ff80000000007a2}, std::uint64_t{0x7ff8000000000001},
+                                     std::uint64_t{0x7ff8000000000fff}, std::uint64_t{0xfff8000000000abc}}) {
+        INFO("NaN bits " << std::hex << bits);
+        Model m = constant_gaussian_model();
+        m.experts.coefficients[1](0, 0) = std::bit_cast<double>(bits);
+        const moekit::Dataset data = gaussian_data(3, 37);
+        Matrix h;
+        Vector log_norm;
+        moekit::e_step_probabilities(m, data, h, log_norm);
+        for (Index i = 0; i < data.n_samples(); ++i) {
+            INFO("sample " << i);
+            REQUIRE(std::isnan(log_norm(i)));
+            REQUIRE(std::isnan(h(i, 1)));
+        }
     }
 }
