@@ -11,6 +11,8 @@
 #include <cassert>
 #include <cmath>
 #include <functional>
+#include <string>
+#include <string_view>
 #include <utility>
 
 namespace moekit {
@@ -1013,10 +1015,56 @@ Vector target_scale(const Dataset& data) {
     return scale;
 }
 
+namespace {
+
+/// The shapes an expert M-step needs (misuse throws, naming the argument): at least one
+/// target, one row of responsibilities per sample, and, for update_experts, K experts whose
+/// coefficients and covariances fit the data.
+void check_m_step_arguments(std::string_view function, ExpertKind kind, const Dataset& data, const ConstMatrixRef& resp,
+                            const Experts* experts) {
+    const Index n = data.n_samples();
+    const Index q = data.y.cols();
+    if (q < 1)
+        throw_invalid_argument(function, "data.y's column count", "0", "experts need at least one target column",
+                               "pass a dataset with targets");
+    if (resp.rows() != n)
+        throw_invalid_argument(function, "resp's row count", std::to_string(resp.rows()),
+                               "it must equal the number of samples, " + std::to_string(n),
+                               "pass one row of responsibilities per sample");
+    if (data.weights.size() != n)
+        throw_invalid_argument(function, "data.weights' size", std::to_string(data.weights.size()),
+                               "it must equal the number of samples, " + std::to_string(n),
+                               "build the dataset with make_dataset or read_csv");
+    if (experts == nullptr) return;
+    const Index K = experts->n_experts();
+    const Index p = kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
+    if (resp.cols() != K)
+        throw_invalid_argument(function, "resp's column count", std::to_string(resp.cols()),
+                               "it must equal the number of experts, " + std::to_string(K),
+                               "pass one column of responsibilities per expert");
+    if (experts->covariances.size() != experts->coefficients.size())
+        throw_invalid_argument(function, "experts.covariances' size", std::to_string(experts->covariances.size()),
+                               "it must equal the number of coefficient matrices, " +
+                                   std::to_string(experts->coefficients.size()),
+                               "give every expert its covariance");
+    for (Index k = 0; k < K; ++k) {
+        const Matrix& w = experts->coefficients[static_cast<std::size_t>(k)];
+        if (w.rows() != p || w.cols() != q)
+            throw_invalid_argument(function, "experts.coefficients[" + std::to_string(k) + "]'s shape",
+                                   std::to_string(w.rows()) + " x " + std::to_string(w.cols()),
+                                   "it must be " + std::to_string(p) + " x " + std::to_string(q) +
+                                       " (design columns × targets of the data)",
+                                   "fit the experts on data with the same inputs and targets");
+    }
+}
+
+} // namespace
+
 ExpertUpdateReport update_experts(Experts& experts,
                                   const Dataset& data,
                                   const ConstMatrixRef& resp,
                                   const ExpertRegularization& reg) {
+    check_m_step_arguments("update_experts", experts.kind, data, resp, &experts);
     // n samples, p = d + 1 design columns, q targets, K experts. One blocked pass over the data
     // gathers each expert's normal equations and scatter around its current coefficients
     // (shifted_statistics); the update and the scatter around the new coefficients follow in
@@ -1144,6 +1192,7 @@ Experts initial_experts(ExpertKind kind,
                         const Dataset& data,
                         const ConstMatrixRef& resp,
                         const ExpertRegularization& reg) {
+    check_m_step_arguments("initial_experts", kind, data, resp, nullptr);
     const Index K = resp.cols();
     const Index q = data.y.cols();
     // Start every expert at the pooled fit of all data, then let the M-step move the ones

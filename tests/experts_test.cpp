@@ -816,3 +816,41 @@ TEST_CASE("linear experts' M-step equals naive weighted least squares for many e
         }
     }
 }
+
+TEST_CASE("update_experts and initial_experts reject misuse, naming the function and the argument", "[experts]") {
+    moekit::Rng rng(33);
+    const Index n = 20;
+    const Matrix y = random_matrix(rng, n, 2, 1.0);
+    const Matrix x = random_matrix(rng, n, 3, 1.0);
+    const moekit::Dataset data = moekit::make_dataset(y, x);
+    const Matrix resp = random_resp(rng, n, 2);
+    using Catch::Matchers::Contains;
+    // No targets: the register kernels index their tables by q − 1 (a crash before this check).
+    const moekit::Dataset no_targets = moekit::make_dataset(Matrix(n, 0));
+    Experts g = make_experts(ExpertKind::Gaussian, CovarianceType::Full, 2, 0, 1);
+    REQUIRE_THROWS_WITH(moekit::update_experts(g, no_targets, resp, no_ridge()),
+                        Contains("update_experts") && Contains("data.y's column count"));
+    REQUIRE_THROWS_AS(moekit::initial_experts(ExpertKind::Gaussian, CovarianceType::Full, no_targets, resp, no_ridge()),
+                      moekit::InvalidArgument);
+    // Responsibilities of the wrong shape.
+    Experts e = make_experts(ExpertKind::Linear, CovarianceType::Full, 2, 3, 2);
+    const Experts before = e;
+    REQUIRE_THROWS_WITH(moekit::update_experts(e, data, resp.topRows(n - 1), no_ridge()),
+                        Contains("update_experts") && Contains("resp's row count") && Contains("19"));
+    REQUIRE_THROWS_WITH(moekit::update_experts(e, data, random_resp(rng, n, 3), no_ridge()),
+                        Contains("resp's column count") && Contains("number of experts, 2"));
+    REQUIRE_THROWS_WITH(
+        moekit::initial_experts(ExpertKind::Linear, CovarianceType::Full, data, resp.topRows(3), no_ridge()),
+        Contains("initial_experts") && Contains("resp's row count"));
+    // Coefficients that do not fit the data (experts of 2 inputs on data with 3).
+    Experts narrow = make_experts(ExpertKind::Linear, CovarianceType::Full, 2, 2, 2);
+    REQUIRE_THROWS_WITH(moekit::update_experts(narrow, data, resp, no_ridge()),
+                        Contains("experts.coefficients[0]'s shape") && Contains("3 x 2") && Contains("4 x 2"));
+    // The failed calls left the experts as they were; valid arguments still update them.
+    for (Index k = 0; k < 2; ++k) {
+        REQUIRE(e.coefficients[k] == before.coefficients[k]);
+        REQUIRE(e.covariances[k].covariance == before.covariances[k].covariance);
+    }
+    REQUIRE_NOTHROW(moekit::update_experts(e, data, resp, no_ridge()));
+    REQUIRE(e.coefficients[0] != before.coefficients[0]);
+}

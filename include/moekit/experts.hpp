@@ -82,6 +82,8 @@ struct ExpertUpdateReport {
 /// @param resp n×K responsibilities (rows sum to 1).
 /// Experts that are too small or whose covariance cannot be factored keep their previous
 /// parameters; `experts` is otherwise updated in place and always stays valid.
+/// @throws InvalidArgument (experts unchanged) if the data have no target, `resp` is not
+/// n × K, or a coefficient matrix is not (design columns) × (targets) of the data.
 ExpertUpdateReport update_experts(Experts& experts,
                                   const Dataset& data,
                                   const ConstMatrixRef& resp,
@@ -89,6 +91,7 @@ ExpertUpdateReport update_experts(Experts& experts,
 
 /// Builds K experts from responsibilities (the first M-step of an initialisation). Experts too
 /// small for their own estimate get the pooled estimate of all data.
+/// @throws InvalidArgument if the data have no target or `resp` has not n rows.
 Experts initial_experts(ExpertKind kind,
                         CovarianceType type,
                         const Dataset& data,
