@@ -1053,7 +1053,7 @@ void check_m_step_arguments(std::string_view function, ExpertKind kind, const Da
             throw_invalid_argument(function, "experts.coefficients[" + std::to_string(k) + "]'s shape",
                                    std::to_string(w.rows()) + " x " + std::to_string(w.cols()),
                                    "it must be " + std::to_string(p) + " x " + std::to_string(q) +
-                                       " (design columns × targets of the data)",
+                                       " (design columns by targets of the data)",
                                    "fit the experts on data with the same inputs and targets");
     }
 }
