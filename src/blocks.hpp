@@ -299,8 +299,8 @@ struct StatisticsScratch {
     std::vector<double> gram;           ///< K × p × p: linear experts' X̃ᵀAX̃ of a block
     AlignedBuffer product;              ///< statistics_sub_block: a ∘ r_t
     std::vector<double> dots;           ///< p
-    std::vector<const double*> resp_columns;     ///< K: h_k of a sub-block (one target)
-    std::vector<const double*> weight_columns;   ///< K: h_k of a block (the Gram's weights, unit w)
+    std::vector<const double*> resp_columns;     ///< K: h_k of the block (the Gram's weights, unit w),
+                                                 ///< then of a sub-block (one target's B and C)
     std::vector<const double*> residual_columns; ///< K: r_k of a sub-block (one target)
     std::vector<double*> sums;                   ///< K: column p of each expert's slot
 };

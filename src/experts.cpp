@@ -666,14 +666,14 @@ void shifted_statistics_block(ExpertKind kind,
         // With unit sample weights a_k = 1 · h_k is h_k itself (the same bits): the kernel reads
         // the responsibilities in place instead of a copy.
         const bool unit = resp.h != nullptr && all_ones(data.weights.data() + b_begin, b_rows);
-        s.weight_columns.resize(static_cast<std::size_t>(K));
-        for (Index k = 0; k < K && unit; ++k) s.weight_columns[static_cast<std::size_t>(k)] = resp.column(k, b_begin);
+        s.resp_columns.resize(static_cast<std::size_t>(K));
+        for (Index k = 0; k < K && unit; ++k) s.resp_columns[static_cast<std::size_t>(k)] = resp.column(k, b_begin);
         multi_crossprod_block(
             s.columns.data(), p, b_rows, K,
             [&](Index i0, Index count, double* const* c) {
                 for (Index k = 0; k < K; ++k) block_weights(data, resp, k, b_begin + i0, count, c[k]);
             },
-            s.gram.data(), unit ? s.weight_columns.data() : nullptr);
+            s.gram.data(), unit ? s.resp_columns.data() : nullptr);
         for (Index k = 0; k < K; ++k)
             for (Index l = 0; l < p; ++l)
                 for (Index j = 0; j <= l; ++j) slot[k * m * m + j + l * m] += s.gram[static_cast<std::size_t>(k * p * p + j + l * p)];
@@ -1019,7 +1019,8 @@ namespace {
 
 /// The shapes an expert M-step needs (misuse throws, naming the argument): at least one
 /// target, one row of responsibilities per sample, and, for update_experts, K experts whose
-/// coefficients and covariances fit the data.
+/// coefficients and covariances fit the data. The data's own consistency (weights, finite
+/// values) is validate(Dataset)'s, which `fit` runs once; not repeated per M-step here.
 void check_m_step_arguments(std::string_view function, ExpertKind kind, const Dataset& data, const ConstMatrixRef& resp,
                             const Experts* experts) {
     const Index n = data.n_samples();
@@ -1031,10 +1032,6 @@ void check_m_step_arguments(std::string_view function, ExpertKind kind, const Da
         throw_invalid_argument(function, "resp's row count", std::to_string(resp.rows()),
                                "it must equal the number of samples, " + std::to_string(n),
                                "pass one row of responsibilities per sample");
-    if (data.weights.size() != n)
-        throw_invalid_argument(function, "data.weights' size", std::to_string(data.weights.size()),
-                               "it must equal the number of samples, " + std::to_string(n),
-                               "build the dataset with make_dataset or read_csv");
     if (experts == nullptr) return;
     const Index K = experts->n_experts();
     const Index p = kind == ExpertKind::Linear ? data.x.cols() + 1 : 1;
